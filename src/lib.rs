@@ -2,3 +2,4 @@
 //!
 //! Layout: [`codec`] holds the pure wire formats (OER, ILP, BTP, addresses).
 pub mod codec;
+pub mod routing;

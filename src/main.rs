@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use ilp_connector::codec::{BtpPacket, Packet};
 
 #[derive(Parser)]
-#[command(name = "ilp-connector", version, about = "A thread-per-core ILPv4 connector")]
+#[command(
+    name = "ilp-connector",
+    version,
+    about = "A thread-per-core ILPv4 connector"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
