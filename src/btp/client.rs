@@ -1,0 +1,138 @@
+//! Dialling a peer: TCP connect (bounded), WebSocket upgrade, auth MESSAGE, wait for the
+//! RESPONSE (bounded). Reconnecting with backoff is the node's job ([`crate::node`]).
+//!
+//! URLs: `btp+ws://user:token@host:port/path` (user and token from the URL) or `ws://...`
+//! with a configured token; without a user in the URL we send `default_user` (our node id).
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use glommio::net::TcpStream;
+
+use super::{within, ws_config, LinkError};
+use crate::codec::btp::encode_auth;
+use crate::codec::{BtpPacket, BtpType};
+
+/// A parsed dial target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialTarget {
+    /// `ws://host:port/path` without user info.
+    pub ws_url: String,
+    pub host_port: String,
+    pub username: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Parses `btp+ws://[user[:token]@]host[:port][/path]` or `ws://...`.
+pub fn parse_url(url: &str) -> Result<DialTarget, String> {
+    let stripped = url.strip_prefix("btp+").unwrap_or(url);
+    let mut u = url::Url::parse(stripped).map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    if u.scheme() != "ws" {
+        return Err(format!(
+            "unsupported url scheme {:?} (only ws and btp+ws)",
+            u.scheme()
+        ));
+    }
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("url {url:?} has no host"))?;
+    let port = u.port().unwrap_or(80);
+    let host_port = format!("{host}:{port}");
+    let username = Some(u.username().to_owned()).filter(|s| !s.is_empty());
+    let token = u.password().map(str::to_owned);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    Ok(DialTarget {
+        ws_url: u.to_string(),
+        host_port,
+        username,
+        token,
+    })
+}
+
+/// Connects and authenticates; returns the open WebSocket.
+pub async fn dial(
+    target: &DialTarget,
+    default_user: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<WebSocketStream<TcpStream>, LinkError> {
+    let addr = target
+        .host_port
+        .to_socket_addrs()
+        .map_err(|e| LinkError::Connect(e.to_string()))?
+        .next()
+        .ok_or_else(|| LinkError::Connect(format!("{} resolves to nothing", target.host_port)))?;
+    let stream = TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let (mut ws, _) = within(
+        timeout,
+        async_tungstenite::client_async_with_config(
+            target.ws_url.as_str(),
+            stream,
+            Some(ws_config()),
+        ),
+    )
+    .await
+    .ok_or_else(|| LinkError::Connect("websocket handshake timed out".into()))?
+    .map_err(|e| LinkError::Connect(e.to_string()))?;
+
+    let user = target.username.as_deref().unwrap_or(default_user);
+    let token = target.token.as_deref().unwrap_or(token);
+    let mut frame = BytesMut::new();
+    let auth_id = 1;
+    encode_auth(&mut frame, auth_id, user.as_bytes(), token.as_bytes());
+    ws.send(Message::Binary(frame.freeze()))
+        .await
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let answer = within(timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(b),
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(LinkError::Auth("closed during auth".into()))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(LinkError::Connect(e.to_string())),
+            }
+        }
+    })
+    .await
+    .ok_or_else(|| LinkError::Auth("no auth answer in time".into()))??;
+    let p = BtpPacket::decode(answer).map_err(|e| LinkError::Auth(e.to_string()))?;
+    match (p.kind(), p.request_id()) {
+        (BtpType::Response, id) if id == auth_id => Ok(ws),
+        (BtpType::Error, _) => {
+            let reason = p
+                .error()
+                .map(|e| String::from_utf8_lossy(e.data).into_owned())
+                .unwrap_or_default();
+            Err(LinkError::Auth(reason))
+        }
+        _ => Err(LinkError::Auth("unexpected answer to auth".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("btp+ws://alice:s3cret@127.0.0.1:3002/path").unwrap();
+        assert_eq!(t.ws_url, "ws://127.0.0.1:3002/path");
+        assert_eq!(t.host_port, "127.0.0.1:3002");
+        assert_eq!(t.username.as_deref(), Some("alice"));
+        assert_eq!(t.token.as_deref(), Some("s3cret"));
+        let t = parse_url("ws://localhost:9").unwrap();
+        assert_eq!((t.username, t.token), (None, None));
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("nonsense").is_err());
+    }
+}

@@ -1,0 +1,58 @@
+//! BTP links on glommio: one authenticated BTP WebSocket per [`Link`], whoever dialled.
+//!
+//! Layout:
+//! - [`link`]: the link task (sole owner of the socket) and the [`Link`] handle others use;
+//! - [`deadlines`]: the shard's one timer structure for every pending request;
+//! - [`auth`]: the listener's check of the first frame, constant-time;
+//! - [`server`]: accept, WebSocket upgrade, authentication;
+//! - [`client`]: dial, authenticate; reconnecting with backoff lives in the node.
+//!
+//! Errors are one type, [`LinkError`], so the node maps them to ILP codes in one place.
+
+pub mod auth;
+pub mod client;
+pub mod deadlines;
+pub mod link;
+pub mod server;
+
+use std::time::Duration;
+
+pub use link::{IncomingHandler, Link, LinkConfig};
+
+/// Why a request on a link, or a link itself, failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("no answer before the deadline")]
+    Timeout,
+    #[error("link lost before the answer arrived")]
+    LinkLost,
+    #[error("link's outgoing queue is full")]
+    QueueFull,
+    #[error("peer answered with BTP error {code}: {message}")]
+    Remote { code: String, message: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Largest WebSocket message we accept: the largest legal BTP frame is 42 015 bytes.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+
+pub(crate) fn ws_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
+    async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_SIZE))
+        .max_frame_size(Some(MAX_MESSAGE_SIZE))
+}
+
+/// Runs `fut` with a time bound; `None` when the bound passed first.
+pub(crate) async fn within<T>(
+    dur: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    glommio::timer::timeout(dur, async { Ok(fut.await) })
+        .await
+        .ok()
+}

@@ -1,0 +1,94 @@
+//! Accepting peers on one shard: bind (SO_REUSEPORT, so every shard binds the same port),
+//! accept, upgrade to WebSocket on `/` or `/accounts/<user>/ilp/btp`, then authenticate the
+//! first frame within a bound. On failure a BTP ERROR (F00) is sent and the socket closed.
+
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::handshake::server::{Request, Response};
+use async_tungstenite::tungstenite::http::StatusCode;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use glommio::net::TcpStream;
+
+use super::auth::{authenticate, user_from_path, Credential};
+use super::{within, ws_config, LinkError};
+use crate::codec::btp::{self, BtpBody};
+use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
+
+/// Upgrades and authenticates an accepted socket; returns the peer id and the WebSocket.
+pub async fn accept_peer(
+    stream: TcpStream,
+    creds: &[Credential],
+    auth_timeout: Duration,
+) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
+    let _ = stream.set_nodelay(true);
+    let mut path = String::new();
+    let callback = |req: &Request, resp: Response| {
+        let p = req.uri().path();
+        if p == "/" || user_from_path(p).is_some() {
+            path = p.to_owned();
+            Ok(resp)
+        } else {
+            let mut r = async_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                Some("not found".into()),
+            );
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            Err(r)
+        }
+    };
+    let mut ws = within(
+        auth_timeout,
+        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())),
+    )
+    .await
+    .ok_or_else(|| LinkError::Connect("websocket handshake timed out".into()))?
+    .map_err(|e| LinkError::Connect(e.to_string()))?;
+
+    let first = within(auth_timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Some(b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let Some(Some(first)) = first else {
+        let _ = ws.close(None).await;
+        return Err(LinkError::Auth("no auth frame in time".into()));
+    };
+    let (request_id, verdict) = match BtpPacket::decode(first) {
+        Ok(p) => (
+            p.request_id(),
+            authenticate(&p, user_from_path(&path), creds)
+                .map(str::to_owned)
+                .map_err(|e| e.to_string()),
+        ),
+        Err(e) => (0, Err(format!("unparsable auth frame: {e}"))),
+    };
+    let mut out = BytesMut::new();
+    match verdict {
+        Ok(peer) => {
+            btp::encode(&mut out, request_id, BtpBody::Response, &[]);
+            ws.send(Message::Binary(out.freeze()))
+                .await
+                .map_err(|e| LinkError::Connect(e.to_string()))?;
+            Ok((peer, ws))
+        }
+        Err(reason) => {
+            btp::encode_error(
+                &mut out,
+                request_id,
+                b"F00",
+                GeneralizedTime::from(Timestamp::now()),
+                reason.as_bytes(),
+            );
+            let _ = ws.send(Message::Binary(out.freeze())).await;
+            let _ = ws.close(None).await;
+            Err(LinkError::Auth(reason))
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Node configuration: YAML (serde_yaml_ng, a maintained fork of the deprecated serde_yaml),
+//! unknown keys refused, then validated; environment overrides applied on top.
+//!
+//! Env overrides: `NODE_ID`, `BTP_SERVER_PORT`, `LOG_LEVEL`, and per peer
+//! `BTP_PEER_<ID>_SECRET` (id upper-cased, `-` → `_`). Secrets never reach `Debug` output.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Address;
+use crate::routing::Route;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Yaml(String),
+    #[error("invalid value for {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relation {
+    Peer,
+    Child,
+    Parent,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: String,
+    pub relation: Relation,
+    /// Set when we dial this peer.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// Asset for ILDCP answers to a child.
+    #[serde(default = "default_asset_code")]
+    pub asset_code: String,
+    #[serde(default = "default_asset_scale")]
+    pub asset_scale: u8,
+}
+
+impl std::fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("id", &self.id)
+            .field("relation", &self.relation)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once('@') {
+        Some((left, right)) => match left.rsplit_once(':') {
+            Some((scheme_user, _)) if scheme_user.contains("://") => {
+                format!("{scheme_user}:<redacted>@{right}")
+            }
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn default_asset_code() -> String {
+    "XRP".into()
+}
+fn default_asset_scale() -> u8 {
+    9
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub next_hop: String,
+}
+
+/// Either a shard count or explicit cores.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    pub node_id: String,
+    pub ilp_address: String,
+    #[serde(default)]
+    pub btp_server_port: u16,
+    #[serde(default)]
+    pub btp_server_host: Option<String>,
+    #[serde(default)]
+    pub health_check_port: Option<u16>,
+    #[serde(default)]
+    pub shards: Option<usize>,
+    #[serde(default)]
+    pub cores: Option<Vec<usize>>,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Next hop for destinations no route matches.
+    #[serde(default)]
+    pub default_route: Option<String>,
+    #[serde(default = "d_send_timeout")]
+    pub send_timeout_ms: u64,
+    #[serde(default = "d_margin")]
+    pub expiry_margin_ms: u64,
+    #[serde(default = "d_max_hold")]
+    pub max_hold_time_ms: u64,
+    #[serde(default = "d_auth_timeout")]
+    pub auth_timeout_ms: u64,
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "d_ping")]
+    pub ping_interval_ms: u64,
+    #[serde(default = "d_pong")]
+    pub pong_timeout_ms: u64,
+    #[serde(default = "d_backoff")]
+    pub reconnect_backoff_ms: Vec<u64>,
+    /// Stop dialling after this many failed attempts in a row; absent = keep trying at the cap.
+    #[serde(default)]
+    pub reconnect_max_attempts: Option<u32>,
+    /// How long `start` reports `starting` while dialling peers.
+    #[serde(default = "d_ready_timeout")]
+    pub ready_timeout_ms: u64,
+    /// How long `stop` lets in-flight packets finish.
+    #[serde(default = "d_drain")]
+    pub drain_timeout_ms: u64,
+    #[serde(default = "d_max_conn")]
+    pub max_connections_per_peer: usize,
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight_per_link: usize,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn d_send_timeout() -> u64 {
+    10_000
+}
+fn d_margin() -> u64 {
+    1_000
+}
+fn d_max_hold() -> u64 {
+    30_000
+}
+fn d_auth_timeout() -> u64 {
+    5_000
+}
+fn d_connect_timeout() -> u64 {
+    5_000
+}
+fn d_ping() -> u64 {
+    30_000
+}
+fn d_pong() -> u64 {
+    10_000
+}
+fn d_backoff() -> Vec<u64> {
+    vec![1_000, 2_000, 4_000, 8_000, 16_000]
+}
+fn d_ready_timeout() -> u64 {
+    10_000
+}
+fn d_drain() -> u64 {
+    5_000
+}
+fn d_max_conn() -> usize {
+    4
+}
+fn d_max_in_flight() -> usize {
+    65_536
+}
+
+impl Config {
+    /// Parses and validates YAML text (no env overrides).
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a file, applies the environment overrides, validates.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Config =
+            serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("NODE_ID") {
+            self.node_id = v;
+        }
+        if let Some(v) = get("BTP_SERVER_PORT") {
+            self.btp_server_port = v
+                .parse()
+                .map_err(|_| invalid("BTP_SERVER_PORT", format!("{v:?} is not a port")))?;
+        }
+        if let Some(v) = get("LOG_LEVEL") {
+            self.log_level = v;
+        }
+        for p in &mut self.peers {
+            if let Some(secret) = get(&secret_env_name(&p.id)) {
+                p.auth_token = Some(secret);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() {
+            return Err(invalid("nodeId", "must not be empty"));
+        }
+        Address::new(self.ilp_address.clone())
+            .map_err(|e| invalid("ilpAddress", format!("{:?}: {e}", self.ilp_address)))?;
+        if !matches!(
+            self.log_level.as_str(),
+            "trace" | "debug" | "info" | "warn" | "error"
+        ) {
+            return Err(invalid(
+                "logLevel",
+                format!("{:?} (trace, debug, info, warn, error)", self.log_level),
+            ));
+        }
+        if self.shards == Some(0) {
+            return Err(invalid("shards", "must be at least 1"));
+        }
+        if self.cores.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(invalid("cores", "must list at least one core"));
+        }
+        if self.shards.is_some() && self.cores.is_some() {
+            return Err(invalid("shards", "give shards or cores, not both"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let key = format!("peers[{i}]");
+            if p.id.is_empty()
+                || !p
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_~-".contains(c))
+            {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("{:?} must be a non-empty address segment", p.id),
+                ));
+            }
+            if !seen.insert(p.id.as_str()) {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("duplicate peer {:?}", p.id),
+                ));
+            }
+            if let Some(url) = &p.url {
+                crate::btp::client::parse_url(url).map_err(|e| invalid(format!("{key}.url"), e))?;
+            } else if p.auth_token.is_none() {
+                return Err(invalid(
+                    format!("{key}.authToken"),
+                    format!(
+                        "peer {:?} dials us, so it needs a token (or env {})",
+                        p.id,
+                        secret_env_name(&p.id)
+                    ),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            Route::new(&r.prefix, &r.next_hop)
+                .map_err(|e| invalid(format!("routes[{i}].prefix"), e.to_string()))?;
+            if !seen.contains(r.next_hop.as_str()) {
+                return Err(invalid(
+                    format!("routes[{i}].nextHop"),
+                    format!("{:?} is not a configured peer", r.next_hop),
+                ));
+            }
+        }
+        if let Some(d) = &self.default_route {
+            if !seen.contains(d.as_str()) {
+                return Err(invalid(
+                    "defaultRoute",
+                    format!("{d:?} is not a configured peer"),
+                ));
+            }
+        }
+        if self.reconnect_backoff_ms.is_empty() {
+            return Err(invalid(
+                "reconnectBackoffMs",
+                "must list at least one delay",
+            ));
+        }
+        if self.send_timeout_ms == 0 {
+            return Err(invalid("sendTimeoutMs", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.cores
+            .as_ref()
+            .map_or(self.shards.unwrap_or(1), Vec::len)
+    }
+}
+
+/// `BTP_PEER_<ID>_SECRET` with the id upper-cased and `-` → `_`.
+pub fn secret_env_name(peer_id: &str) -> String {
+    format!(
+        "BTP_PEER_{}_SECRET",
+        peer_id.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\npeers:\n  - id: connector-b\n    relation: peer\n    url: ws://127.0.0.1:3002\n    authToken: s\nroutes:\n  - prefix: test.c\n    nextHop: connector-b\n";
+
+    #[test]
+    fn minimal_config_and_env() {
+        let mut c = Config::from_yaml(MIN).unwrap();
+        assert_eq!(c.send_timeout_ms, 10_000);
+        assert_eq!(c.shard_count(), 1);
+        c.apply_env(|k| match k {
+            "BTP_PEER_CONNECTOR_B_SECRET" => Some("env-secret".into()),
+            "BTP_SERVER_PORT" => Some("4000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.peers[0].auth_token.as_deref(), Some("env-secret"));
+        assert_eq!(c.btp_server_port, 4000);
+        assert!(!format!("{:?}", c).contains("env-secret"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_yaml(&format!("{MIN}bogus: 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus") && e.contains("line"), "{e}");
+        let e = Config::from_yaml(&MIN.replace("test.c", "nope.c"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[0].prefix"), "{e}");
+        let e = Config::from_yaml(&MIN.replace("nextHop: connector-b", "nextHop: x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[0].nextHop"), "{e}");
+        let e = Config::from_yaml(&MIN.replace("ilpAddress: test.a", "ilpAddress: a"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ilpAddress"), "{e}");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("btp+ws://u:pw@h:1/p"),
+            "btp+ws://u:<redacted>@h:1/p"
+        );
+        assert_eq!(redact_url("ws://h:1"), "ws://h:1");
+    }
+}

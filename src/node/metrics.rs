@@ -1,0 +1,153 @@
+//! Counters for `/metrics`. Each shard owns one [`ShardMetrics`] and is its only writer
+//! (relaxed atomics on a shard-local cache line: no contention); a scrape sums all shards.
+//! Labels are bounded: outcome, the RFC error codes (others fold into `other`), peer ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::codec::ErrorCode;
+
+/// Upper bounds of the latency histogram buckets, in microseconds.
+const BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 500_000, 1_000_000, 5_000_000,
+    10_000_000,
+];
+
+const N_CODES: usize = 21;
+
+#[derive(Default)]
+pub struct ShardMetrics {
+    fulfilled: AtomicU64,
+    /// Per RFC code (index in `ErrorCode::ALL`), then one slot for any other code.
+    rejected: [AtomicU64; N_CODES + 1],
+    latency: [AtomicU64; BUCKETS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+impl ShardMetrics {
+    pub fn packet_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// A Prepare got its answer: fulfilled, or rejected with `code`.
+    pub fn packet_done(&self, reject: Option<ErrorCode>, latency_us: u64) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        match reject {
+            None => self.fulfilled.fetch_add(1, Relaxed),
+            Some(code) => {
+                let i = ErrorCode::ALL
+                    .iter()
+                    .position(|c| *c == code)
+                    .unwrap_or(N_CODES);
+                self.rejected[i].fetch_add(1, Relaxed)
+            }
+        };
+        let b = BUCKETS_US
+            .iter()
+            .position(|&le| latency_us <= le)
+            .unwrap_or(BUCKETS_US.len());
+        self.latency[b].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(latency_us, Relaxed);
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Relaxed)
+    }
+}
+
+/// Live link count per peer, summed over shards (written on connect/disconnect only).
+#[derive(Default)]
+pub struct PeerStatus {
+    links: BTreeMap<String, AtomicUsize>,
+}
+
+impl PeerStatus {
+    pub fn new(ids: impl IntoIterator<Item = String>) -> Self {
+        PeerStatus {
+            links: ids
+                .into_iter()
+                .map(|id| (id, AtomicUsize::new(0)))
+                .collect(),
+        }
+    }
+
+    pub fn link_up(&self, id: &str) {
+        if let Some(c) = self.links.get(id) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn link_down(&self, id: &str) {
+        if let Some(c) = self.links.get(id) {
+            let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        }
+    }
+
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.links.get(id).is_some_and(|c| c.load(Relaxed) > 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.links
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.load(Relaxed)))
+    }
+}
+
+/// Renders the Prometheus text exposition for all shards.
+pub fn render(shards: &[Arc<ShardMetrics>], peers: &PeerStatus) -> String {
+    let mut s = String::new();
+    let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|m| f(m)).sum::<u64>();
+    s.push_str("# HELP ilp_packets_total Prepares answered, by outcome and code.\n");
+    s.push_str("# TYPE ilp_packets_total counter\n");
+    let _ = writeln!(
+        s,
+        "ilp_packets_total{{outcome=\"fulfilled\",code=\"\"}} {}",
+        sum(&|m| m.fulfilled.load(Relaxed))
+    );
+    for i in 0..=N_CODES {
+        let n = sum(&|m| m.rejected[i].load(Relaxed));
+        if n > 0 {
+            let code = ErrorCode::ALL.get(i).map_or("other", |c| c.as_str());
+            let _ = writeln!(
+                s,
+                "ilp_packets_total{{outcome=\"rejected\",code=\"{code}\"}} {n}"
+            );
+        }
+    }
+    s.push_str("# HELP ilp_packets_in_flight Prepares received and not yet answered.\n");
+    s.push_str("# TYPE ilp_packets_in_flight gauge\n");
+    let in_flight: i64 = shards.iter().map(|m| m.in_flight()).sum();
+    let _ = writeln!(s, "ilp_packets_in_flight {in_flight}");
+    s.push_str("# HELP ilp_peer_links Live BTP links per peer.\n");
+    s.push_str("# TYPE ilp_peer_links gauge\n");
+    for (id, n) in peers.iter() {
+        let _ = writeln!(s, "ilp_peer_links{{peer=\"{id}\"}} {n}");
+    }
+    s.push_str("# HELP ilp_packet_latency_seconds Time from Prepare received to answer sent.\n");
+    s.push_str("# TYPE ilp_packet_latency_seconds histogram\n");
+    let mut cumulative = 0;
+    for (i, le) in BUCKETS_US.iter().enumerate() {
+        cumulative += sum(&|m| m.latency[i].load(Relaxed));
+        let _ = writeln!(
+            s,
+            "ilp_packet_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *le as f64 / 1e6
+        );
+    }
+    cumulative += sum(&|m| m.latency[BUCKETS_US.len()].load(Relaxed));
+    let _ = writeln!(
+        s,
+        "ilp_packet_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        s,
+        "ilp_packet_latency_seconds_sum {}",
+        sum(&|m| m.latency_sum_us.load(Relaxed)) as f64 / 1e6
+    );
+    let _ = writeln!(s, "ilp_packet_latency_seconds_count {cumulative}");
+    s
+}

@@ -1,0 +1,421 @@
+//! One shard: its own links (by peer), pending-request deadlines, routing view and metrics.
+//! Everything here lives on one glommio executor thread (`Rc`, `RefCell`, no locks).
+//!
+//! Tasks per shard: the accept loop, one dial loop per peer with a `url` (each shard holds its
+//! own outgoing link to such peers), one task per link, one per packet being handled, and the
+//! deadline driver. A packet whose next hop has no link on this shard is rejected with T01:
+//! handing packets across shards is not implemented (see ARCHITECTURE.md).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::connector::NodeShared;
+use super::metrics::ShardMetrics;
+use super::rules::{self, Decision, Refusal, Timing};
+use crate::btp::auth::Credential;
+use crate::btp::client::{dial, parse_url};
+use crate::btp::deadlines::Deadlines;
+use crate::btp::link::{self, Link, LinkConfig};
+use crate::btp::server::accept_peer;
+use crate::btp::IncomingHandler;
+use crate::codec::btp::{self as btpc, BtpBody, ProtocolData, CONTENT_OCTET_STREAM};
+use crate::codec::ilp::rewrite_prepare;
+use crate::codec::{BtpPacket, ErrorCode, Packet, Prepare, Timestamp};
+use crate::config::Relation;
+use crate::routing::RoutingView;
+
+/// BTP entry that carries the correlation id from hop to hop (secondary, so peers that do
+/// not know it ignore it).
+const CORRELATION_ENTRY: &[u8] = b"correlationId";
+
+pub struct Shard {
+    pub index: usize,
+    node: Arc<NodeShared>,
+    routing: RefCell<RoutingView>,
+    links: RefCell<HashMap<String, Vec<Link>>>,
+    deadlines: Rc<Deadlines>,
+    metrics: Arc<ShardMetrics>,
+    link_cfg: LinkConfig,
+    creds: Vec<Credential>,
+    /// Reused buffer for the rewritten outgoing Prepare.
+    scratch: RefCell<BytesMut>,
+}
+
+impl Shard {
+    pub fn new(index: usize, node: Arc<NodeShared>) -> Rc<Shard> {
+        let c = &node.config;
+        let link_cfg = LinkConfig {
+            send_timeout: Duration::from_millis(c.send_timeout_ms),
+            ping_interval: Duration::from_millis(c.ping_interval_ms),
+            pong_timeout: Duration::from_millis(c.pong_timeout_ms),
+            queue_capacity: 4096,
+            max_pending: c.max_in_flight_per_link,
+        };
+        let creds = c
+            .peers
+            .iter()
+            .filter(|p| p.url.is_none())
+            .filter_map(|p| p.auth_token.as_deref().map(|t| Credential::new(&p.id, t)))
+            .collect();
+        Rc::new(Shard {
+            index,
+            routing: RefCell::new(node.routing.view()),
+            links: RefCell::new(HashMap::new()),
+            deadlines: Deadlines::new(),
+            metrics: node.metrics[index].clone(),
+            link_cfg,
+            creds,
+            scratch: RefCell::new(BytesMut::with_capacity(1024)),
+            node,
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.node.stopping.load(Ordering::Relaxed)
+    }
+
+    async fn until_stopping(&self) {
+        while !self.stopping() {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn handler(self: &Rc<Self>) -> IncomingHandler {
+        let shard = self.clone();
+        Rc::new(move |link: Link, packet: BtpPacket| {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let reply = shard.handle_message(link.peer_id(), &packet).await;
+                let _ = link.send(reply).await;
+            })
+            .detach();
+        })
+    }
+
+    /// Runs the shard until the node stops: serve, dial, then drain and close.
+    pub async fn run(self: Rc<Self>, listener: TcpListener) {
+        let dl = self.deadlines.clone();
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            dl.run(move || me.stopping() && me.links.borrow().is_empty())
+                .await
+        })
+        .detach();
+        for p in self.node.config.peers.iter().filter(|p| p.url.is_some()) {
+            let me = self.clone();
+            let id = p.id.clone();
+            glommio::spawn_local(async move { me.dial_loop(&id).await }).detach();
+        }
+        let me = self.clone();
+        let accept = glommio::spawn_local(async move { me.accept_loop(listener).await });
+        self.until_stopping().await;
+        accept.await;
+        // Let in-flight packets finish, within the bound; what is left is answered when the
+        // links close (every pending request then completes with link-lost → T01).
+        let bound = Instant::now() + Duration::from_millis(self.node.config.drain_timeout_ms);
+        while self.metrics.in_flight() > 0 && Instant::now() < bound {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let all: Vec<Link> = self.links.borrow().values().flatten().cloned().collect();
+        for l in all {
+            l.close();
+        }
+        let bound = Instant::now() + Duration::from_secs(2);
+        while !self.links.borrow().is_empty() && Instant::now() < bound {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                self.until_stopping().await;
+                None
+            })
+            .await;
+            match next {
+                None => return,
+                Some(Ok(stream)) => {
+                    let me = self.clone();
+                    glommio::spawn_local(async move { me.serve_inbound(stream).await }).detach();
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(node_id = %self.node.config.node_id, component = "btp_server", event = "accept_error", error = %e);
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_inbound(self: Rc<Self>, stream: TcpStream) {
+        let auth_timeout = Duration::from_millis(self.node.config.auth_timeout_ms);
+        let (peer, ws) = match accept_peer(stream, &self.creds, auth_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::info!(node_id = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", error = %e);
+                return;
+            }
+        };
+        let live = self.links.borrow().get(&peer).map_or(0, Vec::len);
+        if live >= self.node.config.max_connections_per_peer {
+            tracing::warn!(node_id = %self.node.config.node_id, component = "btp_server", event = "too_many_connections", peer = %peer);
+            return;
+        }
+        self.run_link(
+            &peer,
+            ws,
+            "btp_server_peer_connected",
+            "btp_server_peer_disconnected",
+        )
+        .await;
+    }
+
+    async fn run_link<S>(
+        self: &Rc<Self>,
+        peer: &str,
+        ws: async_tungstenite::WebSocketStream<S>,
+        up: &str,
+        down: &str,
+    ) where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    {
+        let (link, rx) = Link::new(peer, self.link_cfg.clone(), self.deadlines.clone());
+        self.links
+            .borrow_mut()
+            .entry(peer.to_owned())
+            .or_default()
+            .push(link.clone());
+        self.node.peers.link_up(peer);
+        tracing::info!(node_id = %self.node.config.node_id, component = "btp", event = up, peer = %peer, shard = self.index);
+        link::run(ws, link.clone(), rx, self.handler()).await;
+        if let Some(v) = self.links.borrow_mut().get_mut(peer) {
+            v.retain(|l| l.id() != link.id());
+        }
+        self.links.borrow_mut().retain(|_, v| !v.is_empty());
+        self.node.peers.link_down(peer);
+        tracing::info!(node_id = %self.node.config.node_id, component = "btp", event = down, peer = %peer, shard = self.index);
+    }
+
+    async fn dial_loop(self: Rc<Self>, peer_id: &str) {
+        let cfg = &self.node.config;
+        let Some(p) = cfg.peers.iter().find(|p| p.id == peer_id) else {
+            return;
+        };
+        let Some(Ok(target)) = p.url.as_deref().map(parse_url) else {
+            return;
+        };
+        let token = p.auth_token.clone().unwrap_or_default();
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let mut failures: u32 = 0;
+        while !self.stopping() {
+            match dial(&target, &cfg.node_id, &token, timeout).await {
+                Ok(ws) => {
+                    failures = 0;
+                    self.run_link(
+                        peer_id,
+                        ws,
+                        "btp_client_connected",
+                        "btp_client_disconnected",
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(node_id = %cfg.node_id, component = "btp_client", event = "btp_client_connect_failed", peer = %peer_id, attempt = failures, error = %e);
+                    if cfg.reconnect_max_attempts.is_some_and(|m| failures >= m) {
+                        tracing::error!(node_id = %cfg.node_id, component = "btp_client", event = "btp_client_gave_up", peer = %peer_id);
+                        return;
+                    }
+                }
+            }
+            let steps = &cfg.reconnect_backoff_ms;
+            let delay = steps[(failures.max(1) as usize - 1).min(steps.len() - 1)];
+            let until = Instant::now() + Duration::from_millis(delay);
+            while Instant::now() < until && !self.stopping() {
+                glommio::timer::sleep(Duration::from_millis(20).min(until - Instant::now())).await;
+            }
+        }
+    }
+
+    fn pick_link(&self, peer: &str) -> Option<Link> {
+        let links = self.links.borrow();
+        links
+            .get(peer)?
+            .iter()
+            .filter(|l| l.is_open())
+            .min_by_key(|l| l.pending_count())
+            .cloned()
+    }
+
+    /// Answers one MESSAGE: returns the RESPONSE frame to send.
+    async fn handle_message(&self, source: &str, packet: &BtpPacket) -> Bytes {
+        let mut out = BytesMut::new();
+        let Some(ilp) = packet.ilp() else {
+            btpc::encode(&mut out, packet.request_id(), BtpBody::Response, &[]);
+            return out.freeze();
+        };
+        let started = Instant::now();
+        self.metrics.packet_started();
+        let cid = packet.entry(CORRELATION_ENTRY).map(|e| {
+            let mut c = [b'0'; 16];
+            let n = e.data.len().min(16);
+            c[..n].copy_from_slice(&e.data[..n]);
+            c
+        });
+        let cid = cid.or_else(|| {
+            tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(&ilp))
+        });
+        let answer = self.process(source, ilp, cid.as_ref()).await;
+        let code = match answer.first() {
+            Some(&crate::codec::ilp::TYPE_REJECT) => Some(ErrorCode(
+                answer
+                    .get(2..5)
+                    .and_then(|c| c.try_into().ok())
+                    .unwrap_or(*b"???"),
+            )),
+            _ => None,
+        };
+        self.metrics
+            .packet_done(code, started.elapsed().as_micros() as u64);
+        if let Some(c) = &cid {
+            tracing::debug!(node_id = %self.node.config.node_id, component = "handler", event = "packet_response",
+                correlation_id = %String::from_utf8_lossy(c), result = code.as_ref().map_or("fulfilled", ErrorCode::as_str),
+                latency_us = started.elapsed().as_micros() as u64);
+        }
+        btpc::encode_ilp(
+            &mut out,
+            btpc::BtpType::Response,
+            packet.request_id(),
+            &answer,
+        );
+        out.freeze()
+    }
+
+    fn refuse(&self, r: Refusal) -> Bytes {
+        r.encode(self.node.address.as_bytes())
+    }
+
+    /// Returns the ILP answer (Fulfill or Reject bytes) for one incoming ILP packet.
+    async fn process(&self, source: &str, ilp: Bytes, cid: Option<&[u8; 16]>) -> Bytes {
+        let node = &self.node;
+        let prepare = match Prepare::decode(ilp) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.refuse(Refusal::new(
+                    ErrorCode::F01_INVALID_PACKET,
+                    format!("invalid ILP Prepare: {e}"),
+                ))
+            }
+        };
+        let cid_str = cid.map(|c| String::from_utf8_lossy(c).into_owned());
+        if let Some(c) = &cid_str {
+            tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "packet_received",
+                correlation_id = %c, from = %source, destination = %prepare.destination_str(), amount = prepare.amount());
+        }
+        let now = Timestamp::now();
+        let timing = Timing {
+            margin_ms: node.config.expiry_margin_ms as i64,
+            max_hold_ms: node.config.max_hold_time_ms as i64,
+        };
+        let source_is_child = node
+            .config
+            .peers
+            .iter()
+            .any(|p| p.id == source && p.relation == Relation::Child);
+        let decision = {
+            let mut view = self.routing.borrow_mut();
+            rules::decide(&prepare, now, timing, source_is_child, |d| {
+                view.lookup(d).map(|r| r.next_hop_arc().clone())
+            })
+        };
+        let (next_hop, expires_at) = match decision {
+            Decision::Refuse(r) => return self.refuse(r),
+            Decision::Ildcp => {
+                let p = node.config.peers.iter().find(|p| p.id == source);
+                return rules::ildcp_fulfill(
+                    &format!("{}.{source}", node.address),
+                    p.map_or(9, |p| p.asset_scale),
+                    p.map_or("XRP", |p| p.asset_code.as_str()),
+                );
+            }
+            Decision::Forward {
+                next_hop,
+                expires_at,
+            } => (next_hop, expires_at),
+        };
+        if let Some(c) = &cid_str {
+            tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "route_lookup", correlation_id = %c, next_hop = %next_hop);
+        }
+        let Some(link) = self.pick_link(&next_hop) else {
+            return self.refuse(Refusal::new(
+                ErrorCode::T01_PEER_UNREACHABLE,
+                format!("no live link to next hop {next_hop}"),
+            ));
+        };
+        let mut frame = BytesMut::new();
+        {
+            let mut scratch = self.scratch.borrow_mut();
+            scratch.clear();
+            scratch.extend_from_slice(prepare.as_bytes());
+            if rewrite_prepare(&mut scratch, prepare.amount(), expires_at).is_err() {
+                return self.refuse(Refusal::new(
+                    ErrorCode::T00_INTERNAL_ERROR,
+                    "cannot rewrite Prepare",
+                ));
+            }
+            let ilp_entry = ProtocolData {
+                name: b"ilp",
+                content_type: CONTENT_OCTET_STREAM,
+                data: &scratch,
+            };
+            match cid {
+                Some(c) => btpc::encode(
+                    &mut frame,
+                    0,
+                    BtpBody::Message,
+                    &[
+                        ilp_entry,
+                        ProtocolData {
+                            name: CORRELATION_ENTRY,
+                            content_type: btpc::CONTENT_TEXT_UTF8,
+                            data: c,
+                        },
+                    ],
+                ),
+                None => btpc::encode(&mut frame, 0, BtpBody::Message, &[ilp_entry]),
+            }
+        }
+        let wait_ms = (expires_at.unix_millis() - Timestamp::now().unix_millis()).max(0) as u64;
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        if let Some(c) = &cid_str {
+            tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "packet_forwarded", correlation_id = %c, next_hop = %next_hop, expires_at = %expires_at);
+        }
+        match link.request(frame, Some(deadline)).await {
+            Ok(resp) => match resp.ilp().map(Packet::decode) {
+                Some(Ok(Packet::Fulfill(f))) => {
+                    match rules::check_fulfill(prepare.execution_condition(), &f) {
+                        Ok(()) => f.into_bytes(),
+                        Err(r) => self.refuse(r),
+                    }
+                }
+                Some(Ok(Packet::Reject(r))) => r.into_bytes(),
+                _ => self.refuse(Refusal::new(
+                    ErrorCode::T00_INTERNAL_ERROR,
+                    "next hop answered without a valid Fulfill or Reject",
+                )),
+            },
+            Err(e) => self.refuse(rules::reject_for_link_error(
+                &e,
+                Timestamp::now(),
+                expires_at,
+            )),
+        }
+    }
+}
