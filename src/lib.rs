@@ -5,5 +5,7 @@ pub mod admin;
 pub mod btp;
 pub mod codec;
 pub mod config;
+pub mod logging;
 pub mod node;
 pub mod routing;
+pub mod testkit;

@@ -18,6 +18,8 @@ use crate::codec::btp::{self, BtpBody};
 use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
 
 /// Upgrades and authenticates an accepted socket; returns the peer id and the WebSocket.
+// The WebSocket callback's error type is fixed by tungstenite.
+#[allow(clippy::result_large_err)]
 pub async fn accept_peer(
     stream: TcpStream,
     creds: &[Credential],
