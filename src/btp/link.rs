@@ -41,7 +41,8 @@ pub struct LinkConfig {
     pub pong_timeout: Duration,
     /// Frames waiting to be written.
     pub queue_capacity: usize,
-    /// Our requests in flight on this link; more are refused with [`LinkError::QueueFull`].
+    /// Our requests in flight on this link; more are refused with [`LinkError::QueueFull`]
+    /// (a full write queue only makes the caller wait).
     pub max_pending: usize,
 }
 
@@ -191,11 +192,19 @@ impl Link {
         let limit = Instant::now() + inner.cfg.send_timeout;
         let at = deadline.map_or(limit, |d| d.min(limit));
         let (tx, rx) = oneshot::channel();
-        if inner.out.try_send(Outbound::Frame(frame.freeze())).is_err() {
-            return Err(LinkError::QueueFull);
-        }
+        // Register before queueing: the answer may be read before this task runs again.
         inner.pending.borrow_mut().insert(id, Pending { at, tx });
         inner.deadlines.add(at, Rc::downgrade(inner), id);
+        // A full queue makes the caller wait (back-pressure); the deadline still applies.
+        if inner
+            .out
+            .send(Outbound::Frame(frame.freeze()))
+            .await
+            .is_err()
+        {
+            inner.take_pending(id);
+            return Err(LinkError::LinkLost);
+        }
         match rx.await {
             Ok(result) => result,
             Err(_) => Err(LinkError::LinkLost),
