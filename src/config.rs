@@ -196,10 +196,14 @@ fn d_max_in_flight() -> usize {
 impl Config {
     /// Parses and validates YAML text (no env overrides).
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let cfg = Self::parse(text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// YAML → `Config`, unknown keys refused; not yet validated.
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
     }
 
     /// Reads a file, applies the environment overrides, validates.
@@ -208,8 +212,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut cfg: Config =
-            serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let mut cfg = Self::parse(&text)?;
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.validate()?;
         Ok(cfg)

@@ -44,6 +44,8 @@ pub struct Shard {
     metrics: Arc<ShardMetrics>,
     link_cfg: LinkConfig,
     creds: Vec<Credential>,
+    /// Ids of peers with relation `child` (ILDCP is served only to them), looked up per packet.
+    children: ahash::AHashSet<String>,
     /// Reused buffer for the rewritten outgoing Prepare.
     scratch: RefCell<BytesMut>,
 }
@@ -64,8 +66,15 @@ impl Shard {
             .filter(|p| p.url.is_none())
             .filter_map(|p| p.auth_token.as_deref().map(|t| Credential::new(&p.id, t)))
             .collect();
+        let children = c
+            .peers
+            .iter()
+            .filter(|p| p.relation == Relation::Child)
+            .map(|p| p.id.clone())
+            .collect();
         Rc::new(Shard {
             index,
+            children,
             routing: RefCell::new(node.routing.view()),
             links: RefCell::new(HashMap::new()),
             deadlines: Deadlines::new(),
@@ -286,7 +295,7 @@ impl Shard {
             .packet_done(code, started.elapsed().as_micros() as u64);
         if let Some(c) = &cid {
             tracing::debug!(node_id = %self.node.config.node_id, component = "handler", event = "packet_response",
-                correlation_id = %String::from_utf8_lossy(c), result = code.as_ref().map_or("fulfilled", ErrorCode::as_str),
+                correlation_id = %std::str::from_utf8(c).unwrap_or("?"), result = code.as_ref().map_or("fulfilled", ErrorCode::as_str),
                 latency_us = started.elapsed().as_micros() as u64);
         }
         btpc::encode_ilp(
@@ -314,7 +323,8 @@ impl Shard {
                 ))
             }
         };
-        let cid_str = cid.map(|c| String::from_utf8_lossy(c).into_owned());
+        // Borrowed, not copied: a propagated id must cost nothing when DEBUG logs are off.
+        let cid_str = cid.map(|c| std::str::from_utf8(c).unwrap_or("?"));
         if let Some(c) = &cid_str {
             tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "packet_received",
                 correlation_id = %c, from = %source, destination = %prepare.destination_str(), amount = prepare.amount());
@@ -324,11 +334,7 @@ impl Shard {
             margin_ms: node.config.expiry_margin_ms as i64,
             max_hold_ms: node.config.max_hold_time_ms as i64,
         };
-        let source_is_child = node
-            .config
-            .peers
-            .iter()
-            .any(|p| p.id == source && p.relation == Relation::Child);
+        let source_is_child = self.children.contains(source);
         let decision = {
             let mut view = self.routing.borrow_mut();
             rules::decide(&prepare, now, timing, source_is_child, |d| {
