@@ -1,0 +1,153 @@
+//! Interop with the reference implementation: npm `ilp-plugin-btp` 1.5.0 (pinned by
+//! `tests/interop/package-lock.json`) against our server and our client, over real sockets.
+//!
+//! `.ci/run` installs the packages with `npm ci`; on a fresh clone the first test here does it
+//! (once) if `node_modules` is missing. Needs `node` and `npm` on PATH.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ilp_connector::codec::Packet;
+use ilp_connector::config::Config;
+use ilp_connector::node::connector::ConnectorNode;
+use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Installs the pinned packages once per test run if they are not there yet.
+fn ensure_packages() {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = INSTALLED.get_or_init(|| {
+        let dir = interop_dir();
+        if dir.join("node_modules/ilp-plugin-btp/package.json").exists() {
+            return Ok(());
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .map_err(|e| format!("cannot run npm: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("npm ci failed: {status}"))
+        }
+    });
+    if let Err(e) = r {
+        panic!("interop packages unavailable: {e}");
+    }
+}
+
+/// Kills the child process when dropped, so a failing assertion never leaves it running.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn node_script(script: &str, args: &[&str]) -> (Reaped, mpsc::Receiver<serde_json::Value>) {
+    ensure_packages();
+    let mut child = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(interop_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node on PATH");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (Reaped(child), rx)
+}
+
+fn next_line(rx: &mpsc::Receiver<serde_json::Value>, what: &str) -> serde_json::Value {
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no {what} from the node script within 20 s"))
+}
+
+#[test]
+fn reference_client_against_our_server() {
+    let f = Fulfiller::start("connector-a", "secret-ar", Mode::Fulfill);
+    let a = ConnectorNode::start(
+        Config::from_yaml(&format!(
+            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\npeers:\n  - {{id: js, relation: child, authToken: secret-js}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-ar}}\n",
+            f.url()
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(a.wait_ready(Duration::from_secs(10)));
+
+    // Fulfilled through our connector to our fulfiller.
+    let url = format!("btp+ws://js:secret-js@127.0.0.1:{}", a.btp_port());
+    let (_child, rx) = node_script("client.js", &[&url, "test.a.receiver.bob"]);
+    let out = next_line(&rx, "answer");
+    assert_eq!(out["type"], "ilp_fulfill", "{out}");
+    assert_eq!(out["fulfillmentMatches"], true, "{out}");
+
+    // A Reject made by us parses in the reference implementation.
+    let (_child, rx) = node_script("client.js", &[&url, "test.nowhere"]);
+    let out = next_line(&rx, "answer");
+    assert_eq!(out["type"], "ilp_reject", "{out}");
+    assert_eq!(out["code"], "F02", "{out}");
+    assert_eq!(out["triggeredBy"], "test.a", "{out}");
+
+    // A wrong token is refused: the reference client never gets to send.
+    let bad = format!("btp+ws://js:wrong@127.0.0.1:{}", a.btp_port());
+    let (_child, rx) = node_script("client.js", &[&bad, "test.a.receiver.bob"]);
+    if let Ok(out) = rx.recv_timeout(Duration::from_secs(2)) {
+        assert!(out.get("type").is_none(), "answered despite a wrong token: {out}");
+        assert!(out["error"].is_string(), "{out}");
+    }
+}
+
+#[test]
+fn our_client_against_reference_listener() {
+    let (_child, rx) = node_script("listener.js", &["secret-js"]);
+    let port = next_line(&rx, "listening port")["port"]
+        .as_u64()
+        .expect("port") as u16;
+    let a = ConnectorNode::start(
+        Config::from_yaml(&format!(
+            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: js, relation: peer, url: \"ws://127.0.0.1:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !a.health().peers["js"] {
+        assert!(Instant::now() < until, "never authenticated to the JS listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("ws://127.0.0.1:{}", a.btp_port());
+    let answer = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-sa")
+            .await
+            .unwrap();
+        s.send("test.js.bob", 7, 20_000, b"to the reference listener")
+            .await
+    })
+    .unwrap();
+    assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");
+    let served = next_line(&rx, "served line");
+    assert_eq!(served["served"], "test.js.bob", "{served}");
+    assert_eq!(served["amount"], "7", "{served}");
+}
