@@ -1,13 +1,98 @@
-//! The admin HTTP port (tiny_http, on its own thread, off the shards): `GET /health` (200 when
-//! ready, else 503, JSON) and `GET /metrics` (Prometheus text).
+//! The admin HTTP port (tiny_http, on its own thread, off the shards), bound to 127.0.0.1:
+//! - `GET /health`: 200 when ready, else 503, JSON;
+//! - `GET /metrics`: Prometheus text;
+//! - `GET /peers`: every peer with its relation and live links per shard (no secrets);
+//! - `POST /peers` with a JSON peer (the YAML peer keys: `id`, `relation`, `url`, `authToken`,
+//!   …): adds it at runtime (201; 409 if it exists, 400 if invalid);
+//! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::node::connector::{health, NodeShared};
+use std::io::Read;
+
+use crate::config::PeerConfig;
+use crate::node::connector::{add_peer, health, remove_peer, NodeShared};
 use crate::node::metrics;
+use crate::node::peers::PeerError;
+
+/// Largest request body read (a peer definition is a few hundred bytes).
+const MAX_BODY: u64 = 64 * 1024;
+
+type Reply = (u16, &'static str, String);
+
+fn json_error(status: u16, message: impl std::fmt::Display) -> Reply {
+    let body = serde_json::json!({ "error": message.to_string() }).to_string();
+    (status, "application/json", body)
+}
+
+fn peers_json(shared: &NodeShared) -> Reply {
+    let list: Vec<serde_json::Value> = shared
+        .peers
+        .list()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id(),
+                "relation": format!("{:?}", p.config.relation).to_lowercase(),
+                "url": p.config.url.as_deref().map(crate::config::redact_url),
+                "linksPerShard": p.links_per_shard(),
+            })
+        })
+        .collect();
+    (
+        200,
+        "application/json",
+        serde_json::Value::from(list).to_string(),
+    )
+}
+
+fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
+    let mut body = String::new();
+    if let Err(e) = req.as_reader().take(MAX_BODY).read_to_string(&mut body) {
+        return json_error(400, format!("cannot read body: {e}"));
+    }
+    let peer: PeerConfig = match serde_json::from_str(&body) {
+        Ok(p) => p,
+        Err(e) => return json_error(400, format!("invalid peer: {e}")),
+    };
+    match add_peer(shared, peer) {
+        Ok(()) => (201, "application/json", "{}".into()),
+        Err(e @ PeerError::Exists(_)) => json_error(409, e),
+        Err(e) => json_error(400, e),
+    }
+}
+
+fn route(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
+    let url = req.url().to_owned();
+    match (req.method(), url.as_str()) {
+        (tiny_http::Method::Get, "/health") => {
+            let h = health(shared);
+            let code = if h.status == "ready" { 200 } else { 503 };
+            (
+                code,
+                "application/json",
+                serde_json::to_string(&h).unwrap_or_default(),
+            )
+        }
+        (tiny_http::Method::Get, "/metrics") => (
+            200,
+            "text/plain; version=0.0.4",
+            metrics::render(&shared.metrics, &shared.peers),
+        ),
+        (tiny_http::Method::Get, "/peers") => peers_json(shared),
+        (tiny_http::Method::Post, "/peers") => post_peer(shared, req),
+        (tiny_http::Method::Delete, path) if path.starts_with("/peers/") => {
+            match remove_peer(shared, &path["/peers/".len()..]) {
+                Ok(()) => (204, "application/json", String::new()),
+                Err(e) => json_error(404, e),
+            }
+        }
+        _ => (404, "text/plain", "not found\n".to_owned()),
+    }
+}
 
 pub struct AdminServer {
     pub port: u16,
@@ -25,26 +110,10 @@ impl AdminServer {
             .name("admin-http".into())
             .spawn(move || {
                 while !stop2.load(Ordering::Relaxed) {
-                    let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else {
+                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let (status, ctype, body) = match (req.method(), req.url()) {
-                        (tiny_http::Method::Get, "/health") => {
-                            let h = health(&shared);
-                            let code = if h.status == "ready" { 200 } else { 503 };
-                            (
-                                code,
-                                "application/json",
-                                serde_json::to_string(&h).unwrap_or_default(),
-                            )
-                        }
-                        (tiny_http::Method::Get, "/metrics") => (
-                            200,
-                            "text/plain; version=0.0.4",
-                            metrics::render(&shared.metrics, &shared.peers),
-                        ),
-                        _ => (404, "text/plain", "not found\n".to_owned()),
-                    };
+                    let (status, ctype, body) = route(&shared, &mut req);
                     let header =
                         tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
                     let mut resp = tiny_http::Response::from_string(body).with_status_code(status);

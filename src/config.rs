@@ -70,6 +70,40 @@ impl std::fmt::Debug for PeerConfig {
     }
 }
 
+impl PeerConfig {
+    /// Checks one peer on its own (a peer added at runtime gets the same checks as config).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_as("peer")
+    }
+
+    fn validate_as(&self, key: &str) -> Result<(), ConfigError> {
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_~-".contains(c))
+        {
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("{:?} must be a non-empty address segment", self.id),
+            ));
+        }
+        if let Some(url) = &self.url {
+            crate::btp::client::parse_url(url).map_err(|e| invalid(format!("{key}.url"), e))?;
+        } else if self.auth_token.is_none() {
+            return Err(invalid(
+                format!("{key}.authToken"),
+                format!(
+                    "peer {:?} dials us, so it needs a token (or env {})",
+                    self.id,
+                    secret_env_name(&self.id)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A URL with any password replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     match url.split_once('@') {
@@ -151,6 +185,9 @@ pub struct Config {
     pub max_connections_per_peer: usize,
     #[serde(default = "d_max_in_flight")]
     pub max_in_flight_per_link: usize,
+    /// Prepares a shard handles at once; more are refused with T03 (connector busy).
+    #[serde(default = "d_max_in_flight_shard")]
+    pub max_in_flight_per_shard: usize,
 }
 
 fn default_log_level() -> String {
@@ -191,6 +228,9 @@ fn d_max_conn() -> usize {
 }
 fn d_max_in_flight() -> usize {
     65_536
+}
+fn d_max_in_flight_shard() -> usize {
+    100_000
 }
 
 impl Config {
@@ -265,33 +305,11 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             let key = format!("peers[{i}]");
-            if p.id.is_empty()
-                || !p
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_~-".contains(c))
-            {
-                return Err(invalid(
-                    format!("{key}.id"),
-                    format!("{:?} must be a non-empty address segment", p.id),
-                ));
-            }
+            p.validate_as(&key)?;
             if !seen.insert(p.id.as_str()) {
                 return Err(invalid(
                     format!("{key}.id"),
                     format!("duplicate peer {:?}", p.id),
-                ));
-            }
-            if let Some(url) = &p.url {
-                crate::btp::client::parse_url(url).map_err(|e| invalid(format!("{key}.url"), e))?;
-            } else if p.auth_token.is_none() {
-                return Err(invalid(
-                    format!("{key}.authToken"),
-                    format!(
-                        "peer {:?} dials us, so it needs a token (or env {})",
-                        p.id,
-                        secret_env_name(&p.id)
-                    ),
                 ));
             }
         }

@@ -96,6 +96,56 @@ impl Fulfiller {
         }
     }
 
+    /// A fulfiller that dials `url` instead (a peer the connector only sees inbound), as
+    /// `user` with `token`. `port` is 0. Returns once the link is authenticated.
+    pub fn dial(url: &str, user: &str, token: &str, mode: Mode) -> Result<Fulfiller, LinkError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (url, user, token) = (url.to_owned(), user.to_owned(), token.to_owned());
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .make()
+                .expect("executor");
+            ex.run(async move {
+                let target = match parse_url(&url) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = tx.send(Err(LinkError::Connect(e)));
+                        return;
+                    }
+                };
+                let ws = match dial(&target, &user, &token, Duration::from_secs(5)).await {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                let (link, rx) = Link::new("connector", LinkConfig::default(), Deadlines::new());
+                let closer = link.clone();
+                glommio::spawn_local(async move {
+                    while !stop2.load(Ordering::Relaxed) && closer.is_open() {
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                    closer.close();
+                })
+                .detach();
+                link::run(ws, link, rx, answer_handler(mode)).await;
+            });
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Fulfiller {
+                port: 0,
+                stop,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(LinkError::Connect("dial did not finish in 10 s".into())),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }

@@ -25,7 +25,10 @@ fn ensure_packages() {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let r = INSTALLED.get_or_init(|| {
         let dir = interop_dir();
-        if dir.join("node_modules/ilp-plugin-btp/package.json").exists() {
+        if dir
+            .join("node_modules/ilp-plugin-btp/package.json")
+            .exists()
+        {
             return Ok(());
         }
         let status = Command::new("npm")
@@ -114,7 +117,10 @@ fn reference_client_against_our_server() {
     let bad = format!("btp+ws://js:wrong@127.0.0.1:{}", a.btp_port());
     let (_child, rx) = node_script("client.js", &[&bad, "test.a.receiver.bob"]);
     if let Ok(out) = rx.recv_timeout(Duration::from_secs(2)) {
-        assert!(out.get("type").is_none(), "answered despite a wrong token: {out}");
+        assert!(
+            out.get("type").is_none(),
+            "answered despite a wrong token: {out}"
+        );
         assert!(out["error"].is_string(), "{out}");
     }
 }
@@ -134,7 +140,10 @@ fn our_client_against_reference_listener() {
     .unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     while !a.health().peers["js"] {
-        assert!(Instant::now() < until, "never authenticated to the JS listener");
+        assert!(
+            Instant::now() < until,
+            "never authenticated to the JS listener"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let url = format!("ws://127.0.0.1:{}", a.btp_port());

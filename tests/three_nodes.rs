@@ -112,7 +112,7 @@ fn fulfill_and_rejects_through_three_hops() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("ilp_peer_links{peer=\"connector-b\"} 1"),
+        metrics.contains("ilp_peer_links{peer=\"connector-b\",shard=\"0\"} 1"),
         "{metrics}"
     );
     assert!(

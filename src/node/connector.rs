@@ -4,8 +4,12 @@
 //! accepting, lets in-flight packets finish within a bound and closes links.
 //!
 //! [`NodeShared`] is the only state shared between shards: configuration, the routing table
-//! (RCU), per-peer link counts and each shard's metrics — nothing written per packet by more
-//! than one thread.
+//! (RCU), the peer manager (per-peer, per-shard link counts) and each shard's metrics —
+//! nothing written per packet by more than one thread. With more than one shard, the shards
+//! are joined by a glommio channel mesh for handing packets over (see `shard`).
+//!
+//! Peers are added and removed at runtime with [`add_peer`] / [`remove_peer`] (also on the
+//! admin port); the shards pick the change up within ~20 ms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -13,17 +17,20 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
-use super::metrics::{PeerStatus, ShardMetrics};
-use super::shard::Shard;
+use glommio::channels::channel_mesh::MeshBuilder;
+
+use super::metrics::ShardMetrics;
+use super::peers::{PeerEntry, PeerError, Peers};
+use super::shard::{Handoff, Shard};
 use crate::codec::Address;
-use crate::config::{Config, Relation};
+use crate::config::{Config, PeerConfig, Relation};
 use crate::routing::RoutingTable;
 
 pub struct NodeShared {
     pub config: Config,
     pub address: Address,
     pub routing: RoutingTable,
-    pub peers: PeerStatus,
+    pub peers: Peers,
     pub metrics: Vec<Arc<ShardMetrics>>,
     pub stopping: AtomicBool,
     started: Instant,
@@ -92,7 +99,7 @@ impl ConnectorNode {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let n = config.shard_count();
         let shared = Arc::new(NodeShared {
-            peers: PeerStatus::new(config.peers.iter().map(|p| p.id.clone())),
+            peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
             address,
             routing,
@@ -121,7 +128,8 @@ impl ConnectorNode {
         let configured_port = shared.config.btp_server_port;
         let (port_tx, port_rx) = mpsc::channel::<Result<u16, String>>();
         let resolved = Arc::new(std::sync::OnceLock::<u16>::new());
-        let shard_counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Handing packets between shards: one bounded SPSC channel per ordered pair.
+        let mesh = (n > 1).then(|| MeshBuilder::<Handoff, _>::full(n, 1024));
         let s2 = shared.clone();
         let threads = LocalExecutorPoolBuilder::new(placement)
             .on_all_shards(move || {
@@ -129,8 +137,20 @@ impl ConnectorNode {
                 let port_tx = port_tx.clone();
                 let resolved = resolved.clone();
                 let host = host.clone();
-                let index = shard_counter.fetch_add(1, Ordering::SeqCst);
+                let mesh = mesh.clone();
                 async move {
+                    // The mesh numbers the shards 0..n; with one shard there is no mesh.
+                    let (index, senders, receivers) = match mesh {
+                        Some(m) => match m.join().await {
+                            Ok((s, r)) => (s.peer_id(), Some(s), Some(r)),
+                            Err(e) => {
+                                let _ =
+                                    port_tx.send(Err(format!("cannot join the shard mesh: {e}")));
+                                return;
+                            }
+                        },
+                        None => (0, None, None),
+                    };
                     let port = if index == 0 {
                         configured_port
                     } else {
@@ -160,7 +180,9 @@ impl ConnectorNode {
                     }
                     let _ = port_tx.send(Ok(actual));
                     drop(port_tx);
-                    Shard::new(index, shared).run(listener).await;
+                    Shard::new(index, shared, senders)
+                        .run(listener, receivers)
+                        .await;
                 }
             })
             .map_err(|e| StartError::Executor(e.to_string()))?;
@@ -221,6 +243,21 @@ impl ConnectorNode {
         health(&self.shared)
     }
 
+    /// Adds a peer at runtime (see [`add_peer`]).
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<(), PeerError> {
+        add_peer(&self.shared, peer)
+    }
+
+    /// Removes a peer at runtime (see [`remove_peer`]).
+    pub fn remove_peer(&self, id: &str) -> Result<(), PeerError> {
+        remove_peer(&self.shared, id)
+    }
+
+    /// The peer's live links by shard index, if the peer exists.
+    pub fn peer_links(&self, id: &str) -> Option<Vec<usize>> {
+        self.shared.peers.get(id).map(|p| p.links_per_shard())
+    }
+
     /// Waits (bounded) until `health().status == "ready"`.
     pub fn wait_ready(&self, bound: Duration) -> bool {
         let until = Instant::now() + bound;
@@ -254,11 +291,49 @@ impl Drop for ConnectorNode {
     }
 }
 
+/// How long [`add_peer`] and [`remove_peer`] wait for every shard to act on the change.
+const PEER_CHANGE_BOUND: Duration = Duration::from_secs(1);
+
+/// Adds a peer (returns once every shard knows, bounded): shards start dialling it (if it has a `url`) or accept its token; a child
+/// gets the route `<our address>.<id>`.
+pub(crate) fn add_peer(shared: &NodeShared, peer: PeerConfig) -> Result<(), PeerError> {
+    let entry = shared.peers.add(peer)?;
+    if entry.config.relation == Relation::Child {
+        let prefix = format!("{}.{}", shared.address, entry.id());
+        if let Err(e) = shared.routing.add(&prefix, entry.id()) {
+            let _ = shared.peers.remove(entry.id());
+            return Err(PeerError::Invalid(crate::config::ConfigError::Invalid {
+                key: "id".into(),
+                reason: e.to_string(),
+            }));
+        }
+    }
+    log_peer_change(shared, &entry, "peer_added");
+    shared.peers.wait_applied(PEER_CHANGE_BOUND);
+    Ok(())
+}
+
+/// Removes a peer: its links close (requests pending on them complete with T01), nobody dials
+/// it again, and every route through it goes.
+pub(crate) fn remove_peer(shared: &NodeShared, id: &str) -> Result<(), PeerError> {
+    let entry = shared.peers.remove(id)?;
+    shared.routing.remove_next_hop(id);
+    log_peer_change(shared, &entry, "peer_removed");
+    shared.peers.wait_applied(PEER_CHANGE_BOUND);
+    Ok(())
+}
+
+fn log_peer_change(shared: &NodeShared, entry: &PeerEntry, event: &str) {
+    tracing::info!(node_id = %shared.config.node_id, component = "peers", event, peer = %entry.id(),
+        relation = ?entry.config.relation, url = ?entry.config.url.as_deref().map(crate::config::redact_url));
+}
+
 pub(crate) fn health(shared: &NodeShared) -> Health {
     let peers: std::collections::BTreeMap<String, bool> = shared
         .peers
+        .list()
         .iter()
-        .map(|(id, n)| (id.to_owned(), n > 0))
+        .map(|p| (p.id().to_owned(), p.link_count() > 0))
         .collect();
     let connected_peers = peers.values().filter(|c| **c).count();
     let status = if shared.stopping.load(Ordering::Relaxed) {
@@ -267,11 +342,11 @@ pub(crate) fn health(shared: &NodeShared) -> Health {
         "ready"
     } else {
         let dialled_all = shared
-            .config
             .peers
+            .list()
             .iter()
-            .filter(|p| p.url.is_some())
-            .all(|p| shared.peers.is_connected(&p.id));
+            .filter(|p| p.config.url.is_some())
+            .all(|p| p.link_count() > 0);
         let waited =
             shared.started.elapsed() >= Duration::from_millis(shared.config.ready_timeout_ms);
         if dialled_all || waited {

@@ -2,11 +2,11 @@
 //! (relaxed atomics on a shard-local cache line: no contention); a scrape sums all shards.
 //! Labels are bounded: outcome, the RFC error codes (others fold into `other`), peer ids.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use super::peers::Peers;
 use crate::codec::ErrorCode;
 
 /// Upper bounds of the latency histogram buckets, in microseconds.
@@ -25,6 +25,7 @@ pub struct ShardMetrics {
     latency: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
     in_flight: AtomicI64,
+    handed_over: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -53,52 +54,18 @@ impl ShardMetrics {
         self.latency_sum_us.fetch_add(latency_us, Relaxed);
     }
 
+    /// A packet went out through another shard's link.
+    pub fn handed_over(&self) {
+        self.handed_over.fetch_add(1, Relaxed);
+    }
+
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Relaxed)
     }
 }
 
-/// Live link count per peer, summed over shards (written on connect/disconnect only).
-#[derive(Default)]
-pub struct PeerStatus {
-    links: BTreeMap<String, AtomicUsize>,
-}
-
-impl PeerStatus {
-    pub fn new(ids: impl IntoIterator<Item = String>) -> Self {
-        PeerStatus {
-            links: ids
-                .into_iter()
-                .map(|id| (id, AtomicUsize::new(0)))
-                .collect(),
-        }
-    }
-
-    pub fn link_up(&self, id: &str) {
-        if let Some(c) = self.links.get(id) {
-            c.fetch_add(1, Relaxed);
-        }
-    }
-
-    pub fn link_down(&self, id: &str) {
-        if let Some(c) = self.links.get(id) {
-            let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
-        }
-    }
-
-    pub fn is_connected(&self, id: &str) -> bool {
-        self.links.get(id).is_some_and(|c| c.load(Relaxed) > 0)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.links
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.load(Relaxed)))
-    }
-}
-
 /// Renders the Prometheus text exposition for all shards.
-pub fn render(shards: &[Arc<ShardMetrics>], peers: &PeerStatus) -> String {
+pub fn render(shards: &[Arc<ShardMetrics>], peers: &Peers) -> String {
     let mut s = String::new();
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|m| f(m)).sum::<u64>();
     s.push_str("# HELP ilp_packets_total Prepares answered, by outcome and code.\n");
@@ -122,10 +89,25 @@ pub fn render(shards: &[Arc<ShardMetrics>], peers: &PeerStatus) -> String {
     s.push_str("# TYPE ilp_packets_in_flight gauge\n");
     let in_flight: i64 = shards.iter().map(|m| m.in_flight()).sum();
     let _ = writeln!(s, "ilp_packets_in_flight {in_flight}");
-    s.push_str("# HELP ilp_peer_links Live BTP links per peer.\n");
+    s.push_str(
+        "# HELP ilp_packets_handed_over_total Packets sent out through another shard's link.\n",
+    );
+    s.push_str("# TYPE ilp_packets_handed_over_total counter\n");
+    let _ = writeln!(
+        s,
+        "ilp_packets_handed_over_total {}",
+        sum(&|m| m.handed_over.load(Relaxed))
+    );
+    s.push_str("# HELP ilp_peer_links Live BTP links per peer and shard.\n");
     s.push_str("# TYPE ilp_peer_links gauge\n");
-    for (id, n) in peers.iter() {
-        let _ = writeln!(s, "ilp_peer_links{{peer=\"{id}\"}} {n}");
+    for p in peers.list() {
+        for (shard, n) in p.links_per_shard().iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "ilp_peer_links{{peer=\"{}\",shard=\"{shard}\"}} {n}",
+                p.id()
+            );
+        }
     }
     s.push_str("# HELP ilp_packet_latency_seconds Time from Prepare received to answer sent.\n");
     s.push_str("# TYPE ilp_packet_latency_seconds histogram\n");

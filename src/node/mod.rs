@@ -1,8 +1,10 @@
-//! The connector: forwarding rules ([`rules`], sans-IO), the per-shard runtime ([`shard`]:
-//! peer links, packet handling), metrics ([`metrics`]) and the node's lifecycle
-//! ([`connector`]: start, stop, health).
+//! The connector: forwarding rules ([`rules`], sans-IO), the peer manager ([`peers`]), the
+//! per-shard runtime ([`shard`]: peer links, packet handling, hand-over between shards),
+//! metrics ([`metrics`]) and the node's lifecycle ([`connector`]: start, stop, health,
+//! runtime add/remove of peers).
 
 pub mod connector;
 pub mod metrics;
+pub mod peers;
 pub mod rules;
 pub mod shard;

@@ -2,9 +2,14 @@
 //! Everything here lives on one glommio executor thread (`Rc`, `RefCell`, no locks).
 //!
 //! Tasks per shard: the accept loop, one dial loop per peer with a `url` (each shard holds its
-//! own outgoing link to such peers), one task per link, one per packet being handled, and the
-//! deadline driver. A packet whose next hop has no link on this shard is rejected with T01:
-//! handing packets across shards is not implemented (see ARCHITECTURE.md).
+//! own outgoing link to such peers), one task per link, one per packet being handled, the
+//! deadline driver, the peer watcher (runtime add/remove) and one receiver per other shard for
+//! packets handed over.
+//!
+//! A packet goes out on a link of this shard when there is one; only when the next hop has no
+//! link here (a peer that dialled in and landed on another shard) is the encoded frame handed
+//! to a shard that has one, and that shard sends the answer back through a oneshot channel.
+//! No link anywhere → T01 at once. More than `maxInFlightPerShard` Prepares at once → T03.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,17 +19,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::connector::NodeShared;
 use super::metrics::ShardMetrics;
+use super::peers::PeerEntry;
 use super::rules::{self, Decision, Refusal, Timing};
 use crate::btp::auth::Credential;
 use crate::btp::client::{dial, parse_url};
 use crate::btp::deadlines::Deadlines;
 use crate::btp::link::{self, Link, LinkConfig};
 use crate::btp::server::accept_peer;
-use crate::btp::IncomingHandler;
+use crate::btp::{IncomingHandler, LinkError};
 use crate::codec::btp::{self as btpc, BtpBody, ProtocolData, CONTENT_OCTET_STREAM};
 use crate::codec::ilp::rewrite_prepare;
 use crate::codec::{BtpPacket, ErrorCode, Packet, Prepare, Timestamp};
@@ -35,23 +43,56 @@ use crate::routing::RoutingView;
 /// not know it ignore it).
 const CORRELATION_ENTRY: &[u8] = b"correlationId";
 
+/// A packet handed to the shard that holds a link to its next hop.
+pub struct Handoff {
+    next_hop: Arc<str>,
+    /// The BTP MESSAGE, ready to send (its request id is set by the link).
+    frame: BytesMut,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<BtpPacket, LinkError>>,
+}
+
+/// The shard's ends of the node's channel mesh (absent with one shard).
+pub type Mesh = (Senders<Handoff>, Receivers<Handoff>);
+
+/// A live link and the peer entry it was counted on.
+struct PeerLink {
+    link: Link,
+    entry: Arc<PeerEntry>,
+}
+
+/// What the shard knows about the peer set, rebuilt when its generation changes.
+#[derive(Default)]
+struct PeerView {
+    generation: Option<u64>,
+    /// Tokens of peers that dial us.
+    creds: Rc<Vec<Credential>>,
+    /// Ids of peers with relation `child` (ILDCP is served only to them), looked up per packet.
+    children: ahash::AHashSet<String>,
+    /// Peers this shard runs a dial loop for.
+    dialing: Vec<Arc<PeerEntry>>,
+}
+
 pub struct Shard {
     pub index: usize,
     node: Arc<NodeShared>,
     routing: RefCell<RoutingView>,
-    links: RefCell<HashMap<String, Vec<Link>>>,
+    links: RefCell<HashMap<String, Vec<PeerLink>>>,
+    peers: RefCell<PeerView>,
     deadlines: Rc<Deadlines>,
     metrics: Arc<ShardMetrics>,
     link_cfg: LinkConfig,
-    creds: Vec<Credential>,
-    /// Ids of peers with relation `child` (ILDCP is served only to them), looked up per packet.
-    children: ahash::AHashSet<String>,
+    handoff: Option<Senders<Handoff>>,
     /// Reused buffer for the rewritten outgoing Prepare.
     scratch: RefCell<BytesMut>,
 }
 
 impl Shard {
-    pub fn new(index: usize, node: Arc<NodeShared>) -> Rc<Shard> {
+    pub fn new(
+        index: usize,
+        node: Arc<NodeShared>,
+        handoff: Option<Senders<Handoff>>,
+    ) -> Rc<Shard> {
         let c = &node.config;
         let link_cfg = LinkConfig {
             send_timeout: Duration::from_millis(c.send_timeout_ms),
@@ -60,30 +101,69 @@ impl Shard {
             queue_capacity: 4096,
             max_pending: c.max_in_flight_per_link,
         };
-        let creds = c
-            .peers
-            .iter()
-            .filter(|p| p.url.is_none())
-            .filter_map(|p| p.auth_token.as_deref().map(|t| Credential::new(&p.id, t)))
-            .collect();
-        let children = c
-            .peers
-            .iter()
-            .filter(|p| p.relation == Relation::Child)
-            .map(|p| p.id.clone())
-            .collect();
-        Rc::new(Shard {
+        let shard = Rc::new(Shard {
             index,
-            children,
             routing: RefCell::new(node.routing.view()),
             links: RefCell::new(HashMap::new()),
+            peers: RefCell::new(PeerView::default()),
             deadlines: Deadlines::new(),
             metrics: node.metrics[index].clone(),
             link_cfg,
-            creds,
+            handoff,
             scratch: RefCell::new(BytesMut::with_capacity(1024)),
             node,
-        })
+        });
+        shard.refresh_peers();
+        shard
+    }
+
+    /// Re-reads the peer set if it changed: credentials, children, dial loops for new peers
+    /// with a `url`, and closes links to removed peers.
+    fn refresh_peers(self: &Rc<Self>) {
+        let generation = self.node.peers.generation();
+        if self.peers.borrow().generation == Some(generation) {
+            return;
+        }
+        let all = self.node.peers.list();
+        let mut view = self.peers.borrow_mut();
+        view.generation = Some(generation);
+        view.creds = Rc::new(
+            all.iter()
+                .filter(|p| p.config.url.is_none())
+                .filter_map(|p| {
+                    let token = p.config.auth_token.as_deref()?;
+                    Some(Credential::new(p.id(), token))
+                })
+                .collect(),
+        );
+        view.children = all
+            .iter()
+            .filter(|p| p.config.relation == Relation::Child)
+            .map(|p| p.id().to_owned())
+            .collect();
+        view.dialing.retain(|p| !p.is_removed());
+        for p in all.iter().filter(|p| p.config.url.is_some()) {
+            if !view.dialing.iter().any(|d| Arc::ptr_eq(d, p)) {
+                view.dialing.push(p.clone());
+                let (me, entry) = (self.clone(), p.clone());
+                glommio::spawn_local(async move { me.dial_loop(entry).await }).detach();
+            }
+        }
+        drop(view);
+        for l in self.links.borrow().values().flatten() {
+            if l.entry.is_removed() {
+                l.link.close();
+            }
+        }
+        self.node.peers.mark_applied(self.index, generation);
+    }
+
+    /// Watches the peer set until the node stops.
+    async fn watch_peers(self: Rc<Self>) {
+        while !self.stopping() {
+            self.refresh_peers();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -109,7 +189,7 @@ impl Shard {
     }
 
     /// Runs the shard until the node stops: serve, dial, then drain and close.
-    pub async fn run(self: Rc<Self>, listener: TcpListener) {
+    pub async fn run(self: Rc<Self>, listener: TcpListener, handed: Option<Receivers<Handoff>>) {
         let dl = self.deadlines.clone();
         let me = self.clone();
         glommio::spawn_local(async move {
@@ -117,10 +197,18 @@ impl Shard {
                 .await
         })
         .detach();
-        for p in self.node.config.peers.iter().filter(|p| p.url.is_some()) {
-            let me = self.clone();
-            let id = p.id.clone();
-            glommio::spawn_local(async move { me.dial_loop(&id).await }).detach();
+        glommio::spawn_local(self.clone().watch_peers()).detach();
+        if let Some(mut receivers) = handed {
+            for (_, rx) in receivers.streams() {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    while let Some(h) = rx.recv().await {
+                        let me = me.clone();
+                        glommio::spawn_local(async move { me.send_handed(h).await }).detach();
+                    }
+                })
+                .detach();
+            }
         }
         let me = self.clone();
         let accept = glommio::spawn_local(async move { me.accept_loop(listener).await });
@@ -132,9 +220,8 @@ impl Shard {
         while self.metrics.in_flight() > 0 && Instant::now() < bound {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        let all: Vec<Link> = self.links.borrow().values().flatten().cloned().collect();
-        for l in all {
-            l.close();
+        for l in self.links.borrow().values().flatten() {
+            l.link.close();
         }
         let bound = Instant::now() + Duration::from_secs(2);
         while !self.links.borrow().is_empty() && Instant::now() < bound {
@@ -165,20 +252,24 @@ impl Shard {
 
     async fn serve_inbound(self: Rc<Self>, stream: TcpStream) {
         let auth_timeout = Duration::from_millis(self.node.config.auth_timeout_ms);
-        let (peer, ws) = match accept_peer(stream, &self.creds, auth_timeout).await {
+        let creds = self.peers.borrow().creds.clone();
+        let (peer, ws) = match accept_peer(stream, &creds, auth_timeout).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::info!(node_id = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", error = %e);
                 return;
             }
         };
-        let live = self.links.borrow().get(&peer).map_or(0, Vec::len);
-        if live >= self.node.config.max_connections_per_peer {
+        // Removed while authenticating → refuse.
+        let Some(entry) = self.node.peers.get(&peer) else {
+            return;
+        };
+        if entry.link_count() >= self.node.config.max_connections_per_peer {
             tracing::warn!(node_id = %self.node.config.node_id, component = "btp_server", event = "too_many_connections", peer = %peer);
             return;
         }
         self.run_link(
-            &peer,
+            entry,
             ws,
             "btp_server_peer_connected",
             "btp_server_peer_disconnected",
@@ -188,47 +279,55 @@ impl Shard {
 
     async fn run_link<S>(
         self: &Rc<Self>,
-        peer: &str,
+        entry: Arc<PeerEntry>,
         ws: async_tungstenite::WebSocketStream<S>,
         up: &str,
         down: &str,
     ) where
         S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
     {
+        let peer = entry.id();
         let (link, rx) = Link::new(peer, self.link_cfg.clone(), self.deadlines.clone());
         self.links
             .borrow_mut()
             .entry(peer.to_owned())
             .or_default()
-            .push(link.clone());
-        self.node.peers.link_up(peer);
+            .push(PeerLink {
+                link: link.clone(),
+                entry: entry.clone(),
+            });
+        entry.link_up(self.index);
         tracing::info!(node_id = %self.node.config.node_id, component = "btp", event = up, peer = %peer, shard = self.index);
+        if entry.is_removed() {
+            link.close();
+        }
         link::run(ws, link.clone(), rx, self.handler()).await;
         if let Some(v) = self.links.borrow_mut().get_mut(peer) {
-            v.retain(|l| l.id() != link.id());
+            v.retain(|l| l.link.id() != link.id());
         }
         self.links.borrow_mut().retain(|_, v| !v.is_empty());
-        self.node.peers.link_down(peer);
+        entry.link_down(self.index);
         tracing::info!(node_id = %self.node.config.node_id, component = "btp", event = down, peer = %peer, shard = self.index);
     }
 
-    async fn dial_loop(self: Rc<Self>, peer_id: &str) {
+    /// Dials `entry` and keeps a link to it, reconnecting with backoff, until the node stops
+    /// or the peer is removed (an explicit disconnect: no more retries).
+    async fn dial_loop(self: Rc<Self>, entry: Arc<PeerEntry>) {
         let cfg = &self.node.config;
-        let Some(p) = cfg.peers.iter().find(|p| p.id == peer_id) else {
+        let peer_id = entry.id();
+        let Some(Ok(target)) = entry.config.url.as_deref().map(parse_url) else {
             return;
         };
-        let Some(Ok(target)) = p.url.as_deref().map(parse_url) else {
-            return;
-        };
-        let token = p.auth_token.clone().unwrap_or_default();
+        let token = entry.config.auth_token.clone().unwrap_or_default();
         let timeout = Duration::from_millis(cfg.connect_timeout_ms);
         let mut failures: u32 = 0;
-        while !self.stopping() {
+        let done = || self.stopping() || entry.is_removed();
+        while !done() {
             match dial(&target, &cfg.node_id, &token, timeout).await {
                 Ok(ws) => {
                     failures = 0;
                     self.run_link(
-                        peer_id,
+                        entry.clone(),
                         ws,
                         "btp_client_connected",
                         "btp_client_disconnected",
@@ -247,7 +346,7 @@ impl Shard {
             let steps = &cfg.reconnect_backoff_ms;
             let delay = steps[(failures.max(1) as usize - 1).min(steps.len() - 1)];
             let until = Instant::now() + Duration::from_millis(delay);
-            while Instant::now() < until && !self.stopping() {
+            while Instant::now() < until && !done() {
                 glommio::timer::sleep(Duration::from_millis(20).min(until - Instant::now())).await;
             }
         }
@@ -258,9 +357,45 @@ impl Shard {
         links
             .get(peer)?
             .iter()
+            .map(|l| &l.link)
             .filter(|l| l.is_open())
             .min_by_key(|l| l.pending_count())
             .cloned()
+    }
+
+    /// Sends a packet another shard handed over on a link of this shard; the answer (or the
+    /// failure) goes back through the oneshot channel.
+    async fn send_handed(&self, h: Handoff) {
+        let result = match self.pick_link(&h.next_hop) {
+            Some(link) => link.request(h.frame, Some(h.deadline)).await,
+            None => Err(LinkError::LinkLost),
+        };
+        let _ = h.reply.send(result);
+    }
+
+    /// Sends `frame` on a link of `shard` and waits for the answer.
+    async fn hand_over(
+        &self,
+        shard: usize,
+        next_hop: Arc<str>,
+        frame: BytesMut,
+        deadline: Instant,
+    ) -> Result<BtpPacket, LinkError> {
+        let Some(senders) = &self.handoff else {
+            return Err(LinkError::LinkLost);
+        };
+        let (reply, answer) = oneshot::channel();
+        let h = Handoff {
+            next_hop,
+            frame,
+            deadline,
+            reply,
+        };
+        if senders.send_to(shard, h).await.is_err() {
+            return Err(LinkError::LinkLost);
+        }
+        self.metrics.handed_over();
+        answer.await.unwrap_or(Err(LinkError::LinkLost))
     }
 
     /// Answers one MESSAGE: returns the RESPONSE frame to send.
@@ -281,7 +416,14 @@ impl Shard {
         let cid = cid.or_else(|| {
             tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(&ilp))
         });
-        let answer = self.process(source, ilp, cid.as_ref()).await;
+        let answer = if self.metrics.in_flight() > self.node.config.max_in_flight_per_shard as i64 {
+            self.refuse(Refusal::new(
+                ErrorCode::T03_CONNECTOR_BUSY,
+                "too many packets in flight on this shard",
+            ))
+        } else {
+            self.process(source, ilp, cid.as_ref()).await
+        };
         let code = match answer.first() {
             Some(&crate::codec::ilp::TYPE_REJECT) => Some(ErrorCode(
                 answer
@@ -334,7 +476,7 @@ impl Shard {
             margin_ms: node.config.expiry_margin_ms as i64,
             max_hold_ms: node.config.max_hold_time_ms as i64,
         };
-        let source_is_child = self.children.contains(source);
+        let source_is_child = self.peers.borrow().children.contains(source);
         let decision = {
             let mut view = self.routing.borrow_mut();
             rules::decide(&prepare, now, timing, source_is_child, |d| {
@@ -344,7 +486,8 @@ impl Shard {
         let (next_hop, expires_at) = match decision {
             Decision::Refuse(r) => return self.refuse(r),
             Decision::Ildcp => {
-                let p = node.config.peers.iter().find(|p| p.id == source);
+                let p = node.peers.get(source);
+                let p = p.as_ref().map(|p| &p.config);
                 return rules::ildcp_fulfill(
                     &format!("{}.{source}", node.address),
                     p.map_or(9, |p| p.asset_scale),
@@ -359,11 +502,18 @@ impl Shard {
         if let Some(c) = &cid_str {
             tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "route_lookup", correlation_id = %c, next_hop = %next_hop);
         }
-        let Some(link) = self.pick_link(&next_hop) else {
-            return self.refuse(Refusal::new(
-                ErrorCode::T01_PEER_UNREACHABLE,
-                format!("no live link to next hop {next_hop}"),
-            ));
+        // A link on this shard, else the shard that has one, else T01 now.
+        let via = match self.pick_link(&next_hop) {
+            Some(link) => Ok(link),
+            None => match node.peers.shard_with_link(&next_hop, self.index) {
+                Some(shard) if self.handoff.is_some() => Err(shard),
+                _ => {
+                    return self.refuse(Refusal::new(
+                        ErrorCode::T01_PEER_UNREACHABLE,
+                        format!("no live link to next hop {next_hop}"),
+                    ))
+                }
+            },
         };
         let mut frame = BytesMut::new();
         {
@@ -403,7 +553,11 @@ impl Shard {
         if let Some(c) = &cid_str {
             tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "packet_forwarded", correlation_id = %c, next_hop = %next_hop, expires_at = %expires_at);
         }
-        match link.request(frame, Some(deadline)).await {
+        let result = match via {
+            Ok(link) => link.request(frame, Some(deadline)).await,
+            Err(shard) => self.hand_over(shard, next_hop, frame, deadline).await,
+        };
+        match result {
             Ok(resp) => match resp.ilp().map(Packet::decode) {
                 Some(Ok(Packet::Fulfill(f))) => {
                     match rules::check_fulfill(prepare.execution_condition(), &f) {

@@ -83,6 +83,22 @@ impl RoutingTable {
         removed
     }
 
+    /// Removes every route (and the default route) whose next hop is `next_hop`; returns how
+    /// many went.
+    pub fn remove_next_hop(&self, next_hop: &str) -> usize {
+        let mut m = self.master();
+        let before = m.0.len() + usize::from(m.1.is_some());
+        m.0.retain(|_, r| r.next_hop() != next_hop);
+        if m.1.as_ref().is_some_and(|r| r.next_hop() == next_hop) {
+            m.1 = None;
+        }
+        let removed = before - m.0.len() - usize::from(m.1.is_some());
+        if removed > 0 {
+            self.publish(&m);
+        }
+        removed
+    }
+
     /// Sets or clears the default route (used when no prefix matches).
     pub fn set_default(&self, next_hop: Option<&str>) -> Result<(), RouteError> {
         let route = next_hop.map(Route::default_to).transpose()?;

@@ -1,0 +1,197 @@
+//! Multi-shard nodes and the peer manager, over real sockets on 127.0.0.1 with free ports:
+//! two shards accepting on one port, packets handed to the shard that holds the next hop's
+//! link, the T03 shard limit, and peers added and removed at runtime (API and admin HTTP).
+
+use std::time::{Duration, Instant};
+
+use ilp_connector::codec::Packet;
+use ilp_connector::config::{Config, PeerConfig, Relation};
+use ilp_connector::node::connector::ConnectorNode;
+use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+
+fn start(yaml: &str) -> ConnectorNode {
+    let node = ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap();
+    assert!(node.wait_ready(Duration::from_secs(10)), "node ready");
+    node
+}
+
+/// Polls `f` every 10 ms until it holds; fails after 10 s.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn code(p: &Packet) -> String {
+    match p {
+        Packet::Fulfill(_) => "fulfilled".into(),
+        Packet::Reject(r) => r.code().as_str().to_owned(),
+        Packet::Prepare(_) => "prepare".into(),
+    }
+}
+
+fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let req = ureq::request(method, &url).timeout(Duration::from_secs(5));
+    let res = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    match res {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+/// A counter or gauge from `/metrics`, by its full series name.
+fn metric(admin: u16, series: &str) -> u64 {
+    let (_, text) = http("GET", admin, "/metrics", None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_shards_share_the_port_and_hand_packets_over() {
+    let node = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nshards: 2\nmaxConnectionsPerPeer: 64\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n  - {id: receiver, relation: child, authToken: secret-r}\n",
+    );
+    let admin = node.admin_port().unwrap();
+    // The receiver dials in once, so exactly one shard has a link to it.
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let _f = Fulfiller::dial(&url, "receiver", "secret-r", Mode::Fulfill).unwrap();
+    wait_for("the receiver's link", || {
+        node.peer_links("receiver").unwrap().iter().sum::<usize>() == 1
+    });
+    let codes = run_local(move || async move {
+        // 32 connections: the kernel spreads them over both shards (all on one shard has
+        // probability 2^-31).
+        let mut links = Vec::new();
+        for _ in 0..32 {
+            links.push(
+                SenderLink::connect(&url, "sender", "secret-s")
+                    .await
+                    .unwrap(),
+            );
+        }
+        let per_shard: Vec<u64> = (0..2)
+            .map(|s| {
+                metric(
+                    admin,
+                    &format!("ilp_peer_links{{peer=\"sender\",shard=\"{s}\"}}"),
+                )
+            })
+            .collect();
+        assert_eq!(per_shard.iter().sum::<u64>(), 32, "{per_shard:?}");
+        assert!(
+            per_shard.iter().all(|n| *n > 0),
+            "both shards accept: {per_shard:?}"
+        );
+        let mut codes = Vec::new();
+        for l in &links {
+            let p = l
+                .send("test.n.receiver.bob", 1, 20_000, b"x")
+                .await
+                .unwrap();
+            codes.push(code(&p));
+        }
+        codes
+    });
+    assert!(codes.iter().all(|c| c == "fulfilled"), "{codes:?}");
+    // Senders on the shard without the receiver's link went through a hand-over.
+    assert!(metric(admin, "ilp_packets_handed_over_total") > 0);
+}
+
+#[test]
+fn shard_limit_gives_t03() {
+    let f = Fulfiller::start("n", "secret-f", Mode::Silent);
+    let node = start(&format!(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nsendTimeoutMs: 500\nmaxInFlightPerShard: 2\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: f, relation: child, url: \"{}\", authToken: secret-f}}\n",
+        f.url()
+    ));
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let codes = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-s")
+            .await
+            .unwrap();
+        let send = || s.send("test.n.f.x", 1, 20_000, b"x");
+        let ((a, b), c) =
+            futures_lite::future::zip(futures_lite::future::zip(send(), send()), send()).await;
+        vec![code(&a.unwrap()), code(&b.unwrap()), code(&c.unwrap())]
+    });
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["T00", "T00", "T03"], "{codes:?}");
+}
+
+#[test]
+fn peers_added_and_removed_at_runtime() {
+    let node = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let admin = node.admin_port().unwrap();
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let send = |dest: &'static str| {
+        let url = url.clone();
+        run_local(move || async move {
+            let s = SenderLink::connect(&url, "sender", "secret-s")
+                .await
+                .unwrap();
+            code(&s.send(dest, 1, 20_000, b"x").await.unwrap())
+        })
+    };
+
+    // A peer we dial, added over the admin port.
+    let f = Fulfiller::start("n", "secret-f", Mode::Fulfill);
+    let body = format!(
+        r#"{{"id":"f","relation":"child","url":"{}","authToken":"secret-f"}}"#,
+        f.url()
+    );
+    assert_eq!(http("POST", admin, "/peers", Some(&body)).0, 201);
+    assert_eq!(http("POST", admin, "/peers", Some(&body)).0, 409);
+    let (status, err) = http(
+        "POST",
+        admin,
+        "/peers",
+        Some(r#"{"id":"bad id","relation":"peer"}"#),
+    );
+    assert_eq!(status, 400, "{err}");
+    wait_for("the dialled peer", || {
+        node.health().peers.get("f") == Some(&true)
+    });
+    assert_eq!(send("test.n.f.x"), "fulfilled");
+    let (_, peers) = http("GET", admin, "/peers", None);
+    assert!(
+        peers.contains(r#""id":"f""#) && !peers.contains("secret-f"),
+        "{peers}"
+    );
+
+    // Removed: its link closes, the dial loop stops, its route goes.
+    assert_eq!(http("DELETE", admin, "/peers/f", None).0, 204);
+    assert_eq!(http("DELETE", admin, "/peers/f", None).0, 404);
+    assert!(!node.health().peers.contains_key("f"));
+    assert_eq!(send("test.n.f.x"), "F02");
+    drop(f);
+
+    // A peer that dials us, added through the API.
+    node.add_peer(PeerConfig {
+        id: "g".into(),
+        relation: Relation::Child,
+        url: None,
+        auth_token: Some("secret-g".into()),
+        asset_code: "XRP".into(),
+        asset_scale: 9,
+    })
+    .unwrap();
+    let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();
+    wait_for("g's link", || node.health().peers.get("g") == Some(&true));
+    assert_eq!(send("test.n.g.x"), "fulfilled");
+    node.remove_peer("g").unwrap();
+    assert_eq!(send("test.n.g.x"), "F02");
+    // Its token no longer authenticates.
+    assert!(Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).is_err());
+    drop(g);
+}
