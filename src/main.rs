@@ -1,13 +1,13 @@
 //! The `ilp-connector` command line: `run`, `check-config`, `demo`, `decode`.
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use ilp_connector::codec::{BtpPacket, Packet};
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{run_local, Mode, SenderLink, ThreeNodes};
 
 #[derive(Parser)]
 #[command(
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Demo { packets } => demo(packets, cli.human),
+        Command::Demo { packets } => demo(packets),
         Command::Decode { hex } => decode(&hex),
     }
 }
@@ -97,33 +97,38 @@ fn run(path: &str, human: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn demo(packets: u32, human: bool) -> ExitCode {
-    ilp_connector::logging::init("warn", human);
-    let start = |yaml: String| Config::from_yaml(&yaml).map(ConnectorNode::start);
-    let fulfiller = Fulfiller::start("connector-c", "secret-cr", Mode::Fulfill);
-    let c = start(format!("nodeId: connector-c\nilpAddress: test.c\nbtpServerPort: 0\npeers:\n  - {{id: connector-b, relation: peer, authToken: secret-bc}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-cr}}\n", fulfiller.url()));
-    let Ok(Ok(c)) = c else {
-        eprintln!("error: cannot start C");
-        return ExitCode::from(1);
-    };
-    let b = start(format!("nodeId: connector-b\nilpAddress: test.b\nbtpServerPort: 0\npeers:\n  - {{id: connector-a, relation: peer, authToken: secret-ab}}\n  - {{id: connector-c, relation: peer, url: \"ws://127.0.0.1:{}\", authToken: secret-bc}}\nroutes:\n  - {{prefix: test.c, nextHop: connector-c}}\n", c.btp_port()));
-    let Ok(Ok(b)) = b else {
-        eprintln!("error: cannot start B");
-        return ExitCode::from(1);
-    };
-    let a = start(format!("nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: connector-b, relation: peer, url: \"ws://127.0.0.1:{}\", authToken: secret-ab}}\nroutes:\n  - {{prefix: test.c, nextHop: connector-b}}\n", b.btp_port()));
-    let Ok(Ok(a)) = a else {
-        eprintln!("error: cannot start A");
-        return ExitCode::from(1);
-    };
-    for (name, n) in [("A", &a), ("B", &b), ("C", &c)] {
-        if !n.wait_ready(Duration::from_secs(10)) {
-            eprintln!("error: connector {name} did not become ready");
+fn demo(packets: u32) -> ExitCode {
+    // Logs go to memory: DEBUG while the first packet is traced, then warnings only.
+    let (logs, level) = ilp_connector::logging::init_captured("debug");
+    let net = match ThreeNodes::start(Mode::Fulfill, 10_000) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(1);
         }
+    };
+    for (name, n) in [("A", &net.a), ("B", &net.b), ("C", &net.c)] {
         println!("connector {name}: btp port {}", n.btp_port());
     }
-    let url = format!("ws://127.0.0.1:{}", a.btp_port());
+    println!(
+        "path: sender -> A (test.a) -> B (test.b) -> C (test.c) -> receiver (test.c.receiver)"
+    );
+    let url = net.sender_url();
+    let traced = run_local({
+        let url = url.clone();
+        move || async move {
+            let s = SenderLink::connect(&url, "sender", "secret-sa").await?;
+            s.send("test.c.receiver.demo", 10, 30_000, b"traced").await
+        }
+    });
+    level.set("warn");
+    match traced {
+        Ok(p) => print_path(&logs.lines(), &p),
+        Err(e) => {
+            eprintln!("error: the first packet failed: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let result = run_local(move || async move {
         let s = SenderLink::connect(&url, "sender", "secret-sa").await?;
         let mut hist = hdrhistogram::Histogram::<u64>::new(3)
@@ -141,9 +146,17 @@ fn demo(packets: u32, human: bool) -> ExitCode {
         }
         Ok::<_, ilp_connector::btp::LinkError>((fulfilled, rejected, hist, t.elapsed()))
     });
+    let warnings: Vec<String> = logs
+        .lines()
+        .iter()
+        .filter(|l| l["level"] == "WARN" || l["level"] == "ERROR")
+        .map(|l| l.to_string())
+        .collect();
+    for w in &warnings {
+        eprintln!("log: {w}");
+    }
     match result {
         Ok((f, r, h, took)) => {
-            println!("path: sender -> A (test.a) -> B (test.b) -> C (test.c) -> receiver (test.c.receiver)");
             println!(
                 "sent {packets} packets one at a time in {:.2?}: {f} fulfilled, {r} rejected",
                 took
@@ -156,7 +169,6 @@ fn demo(packets: u32, human: bool) -> ExitCode {
                 h.value_at_quantile(0.999),
                 h.max()
             );
-            println!("(run with RUST_LOG-style `logLevel: debug` configs to follow one packet by correlationId across the hops)");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -164,6 +176,70 @@ fn demo(packets: u32, human: bool) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Microseconds since midnight from a log line's RFC 3339 `timestamp`.
+fn micros_of_day(line: &serde_json::Value) -> Option<i64> {
+    let t = line["timestamp"].as_str()?;
+    let clock = t.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let (h, m, sec) = (parts.next()?, parts.next()?, parts.next()?);
+    let seconds: f64 = sec.parse().ok()?;
+    Some(
+        h.parse::<i64>().ok()? * 3_600_000_000
+            + m.parse::<i64>().ok()? * 60_000_000
+            + (seconds * 1e6) as i64,
+    )
+}
+
+/// Prints every log line of the traced packet, in order, one line per event.
+fn print_path(lines: &[serde_json::Value], answer: &Packet) {
+    let Some(cid) = lines
+        .iter()
+        .find(|l| l["event"] == "packet_received" && l["nodeId"] == "connector-a")
+        .and_then(|l| l["correlationId"].as_str())
+    else {
+        println!("(the traced packet left no log lines)");
+        return;
+    };
+    let mut events: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["correlationId"] == cid).collect();
+    events.sort_by_key(|l| micros_of_day(l));
+    let t0 = events.first().and_then(|l| micros_of_day(l)).unwrap_or(0);
+    println!("one packet across the hops, correlationId {cid}:");
+    for l in events {
+        let detail = match l["event"].as_str() {
+            Some("packet_received") => format!(
+                "from {} to {}",
+                l["from"].as_str().unwrap_or("?"),
+                l["destination"].as_str().unwrap_or("?")
+            ),
+            Some("route_lookup") => format!("next hop {}", l["next_hop"].as_str().unwrap_or("?")),
+            Some("packet_forwarded") => format!(
+                "to {}, expires {}",
+                l["next_hop"].as_str().unwrap_or("?"),
+                l["expires_at"].as_str().unwrap_or("?")
+            ),
+            Some("packet_response") => format!(
+                "{} after {} µs",
+                l["result"].as_str().unwrap_or("?"),
+                l["latency_us"]
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  +{:>5} µs  {:<12} {:<17} {detail}",
+            micros_of_day(l).map_or(0, |t| t - t0),
+            l["nodeId"].as_str().unwrap_or("?"),
+            l["event"].as_str().unwrap_or("?"),
+        );
+    }
+    let outcome = match answer {
+        Packet::Fulfill(_) => "fulfilled".to_owned(),
+        Packet::Reject(r) => format!("rejected {}", r.code().as_str()),
+        Packet::Prepare(_) => "unexpected Prepare".to_owned(),
+    };
+    println!("  answer at the sender: {outcome}");
 }
 
 fn decode(text: &str) -> ExitCode {

@@ -1,5 +1,6 @@
 //! Real BTP endpoints for tests, the demo and the load generator: a [`Fulfiller`] (a BTP
-//! server that answers every Prepare) and [`SenderLink`] (a dialled link that sends Prepares).
+//! server, or a dialling peer, that answers every Prepare), [`SenderLink`] (a dialled link
+//! that sends Prepares) and [`ThreeNodes`] (the A → B → C network of the demo and tests).
 //!
 //! Test protocol: the fulfillment for a Prepare is `sha256(data)`, so a sender uses
 //! [`condition_for`]`(data)` = `sha256(sha256(data))`.
@@ -23,6 +24,8 @@ use crate::codec::btp::{self, BtpType};
 use crate::codec::{
     ErrorCode, FulfillFields, Packet, Prepare, PrepareFields, RejectFields, Timestamp,
 };
+use crate::config::Config;
+use crate::node::connector::ConnectorNode;
 
 /// `sha256(sha256(data))`: the condition a [`Fulfiller`] can fulfil.
 pub fn condition_for(data: &[u8]) -> [u8; 32] {
@@ -264,4 +267,64 @@ where
         .expect("executor")
         .join()
         .expect("executor thread")
+}
+
+/// The demo and test network: sender → A → B → C → receiver, each connector on a free port.
+/// The sender dials A as child `sender` (token `secret-sa`); A dials B, B dials C; C dials
+/// the [`Fulfiller`] (child `receiver`, address `test.c.receiver`).
+pub struct ThreeNodes {
+    pub a: ConnectorNode,
+    pub b: ConnectorNode,
+    pub c: ConnectorNode,
+    pub fulfiller: Fulfiller,
+}
+
+impl ThreeNodes {
+    /// Starts the network and waits (bounded) until every node is ready. `c_send_timeout_ms`
+    /// is C's send deadline to the fulfiller.
+    pub fn start(mode: Mode, c_send_timeout_ms: u64) -> Result<ThreeNodes, String> {
+        let fulfiller = Fulfiller::start("connector-c", "secret-cr", mode);
+        let c = start_node("C", &Self::c_yaml(&fulfiller.url(), c_send_timeout_ms))?;
+        let b = start_node("B", &Self::b_yaml(c.btp_port(), 0))?;
+        let a = start_node("A", &Self::a_yaml(b.btp_port()))?;
+        Ok(ThreeNodes { a, b, c, fulfiller })
+    }
+
+    /// A's BTP URL for the sender.
+    pub fn sender_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.a.btp_port())
+    }
+
+    /// Restarts B on its old port (after `self.b.stop()`).
+    pub fn restart_b(&mut self, b_port: u16) -> Result<(), String> {
+        self.b = start_node("B", &Self::b_yaml(self.c.btp_port(), b_port))?;
+        Ok(())
+    }
+
+    pub fn c_yaml(fulfiller_url: &str, send_timeout_ms: u64) -> String {
+        format!(
+            "nodeId: connector-c\nilpAddress: test.c\nbtpServerPort: 0\nsendTimeoutMs: {send_timeout_ms}\npeers:\n  - {{id: connector-b, relation: peer, authToken: secret-bc}}\n  - {{id: receiver, relation: child, url: \"{fulfiller_url}\", authToken: secret-cr}}\n"
+        )
+    }
+
+    pub fn b_yaml(c_port: u16, b_port: u16) -> String {
+        format!(
+            "nodeId: connector-b\nilpAddress: test.b\nbtpServerPort: {b_port}\nreconnectBackoffMs: [100, 200]\npeers:\n  - {{id: connector-a, relation: peer, authToken: secret-ab}}\n  - {{id: connector-c, relation: peer, url: \"ws://127.0.0.1:{c_port}\", authToken: secret-bc}}\nroutes:\n  - {{prefix: test.c, nextHop: connector-c}}\n"
+        )
+    }
+
+    pub fn a_yaml(b_port: u16) -> String {
+        format!(
+            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\nhealthCheckPort: 0\nreconnectBackoffMs: [100, 200]\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: connector-b, relation: peer, url: \"ws://127.0.0.1:{b_port}\", authToken: secret-ab}}\nroutes:\n  - {{prefix: test.c, nextHop: connector-b}}\n  - {{prefix: test.b, nextHop: connector-b}}\n"
+        )
+    }
+}
+
+fn start_node(name: &str, yaml: &str) -> Result<ConnectorNode, String> {
+    let config = Config::from_yaml(yaml).map_err(|e| format!("config of {name}: {e}"))?;
+    let node = ConnectorNode::start(config).map_err(|e| format!("cannot start {name}: {e}"))?;
+    if !node.wait_ready(Duration::from_secs(10)) {
+        return Err(format!("connector {name} did not become ready"));
+    }
+    Ok(node)
 }

@@ -4,51 +4,10 @@
 use std::time::{Duration, Instant};
 
 use ilp_connector::codec::{ErrorCode, Packet};
-use ilp_connector::config::Config;
-use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{run_local, Mode, SenderLink, ThreeNodes};
 
-fn config(yaml: &str) -> Config {
-    Config::from_yaml(yaml).unwrap()
-}
-
-struct Net {
-    _f: Fulfiller,
-    c: ConnectorNode,
-    b: ConnectorNode,
-    a: ConnectorNode,
-}
-
-fn node_c(fulfiller_url: &str, send_timeout_ms: u64) -> ConnectorNode {
-    ConnectorNode::start(config(&format!(
-        "nodeId: connector-c\nilpAddress: test.c\nbtpServerPort: 0\nsendTimeoutMs: {send_timeout_ms}\npeers:\n  - {{id: connector-b, relation: peer, authToken: secret-bc}}\n  - {{id: receiver, relation: child, url: \"{fulfiller_url}\", authToken: secret-cr}}\nroutes:\n  - {{prefix: test.c.receiver, nextHop: receiver}}\n"
-    )))
-    .unwrap()
-}
-
-fn node_b(c_port: u16, b_port: u16) -> ConnectorNode {
-    ConnectorNode::start(config(&format!(
-        "nodeId: connector-b\nilpAddress: test.b\nbtpServerPort: {b_port}\nreconnectBackoffMs: [100, 200]\npeers:\n  - {{id: connector-a, relation: peer, authToken: secret-ab}}\n  - {{id: connector-c, relation: peer, url: \"ws://127.0.0.1:{c_port}\", authToken: secret-bc}}\nroutes:\n  - {{prefix: test.c, nextHop: connector-c}}\n"
-    )))
-    .unwrap()
-}
-
-fn node_a(b_port: u16) -> ConnectorNode {
-    ConnectorNode::start(config(&format!(
-        "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\nhealthCheckPort: 0\nreconnectBackoffMs: [100, 200]\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: connector-b, relation: peer, url: \"ws://127.0.0.1:{b_port}\", authToken: secret-ab}}\nroutes:\n  - {{prefix: test.c, nextHop: connector-b}}\n  - {{prefix: test.b, nextHop: connector-b}}\n"
-    )))
-    .unwrap()
-}
-
-fn net(mode: Mode, c_send_timeout_ms: u64) -> Net {
-    let f = Fulfiller::start("connector-c", "secret-cr", mode);
-    let c = node_c(&f.url(), c_send_timeout_ms);
-    assert!(c.wait_ready(Duration::from_secs(10)), "C ready");
-    let b = node_b(c.btp_port(), 0);
-    assert!(b.wait_ready(Duration::from_secs(10)), "B ready");
-    let a = node_a(b.btp_port());
-    assert!(a.wait_ready(Duration::from_secs(10)), "A ready");
-    Net { _f: f, c, b, a }
+fn net(mode: Mode, c_send_timeout_ms: u64) -> ThreeNodes {
+    ThreeNodes::start(mode, c_send_timeout_ms).unwrap()
 }
 
 fn reject_code(p: &Packet) -> Option<(String, String)> {
@@ -98,11 +57,11 @@ fn fulfill_and_rejects_through_three_hops() {
     });
     // Health and metrics on A's admin port.
     let port = n.a.admin_port().unwrap();
-    let health = http_get(port, "/health");
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let (status, health) = http_get(port, "/health");
+    assert_eq!(status, 200, "{health}");
     assert!(health.contains("\"status\":\"ready\""), "{health}");
     assert!(health.contains("\"connector-b\":true"), "{health}");
-    let metrics = http_get(port, "/metrics");
+    let (_, metrics) = http_get(port, "/metrics");
     assert!(
         metrics.contains("ilp_packets_total{outcome=\"fulfilled\",code=\"\"} 2"),
         "{metrics}"
@@ -187,7 +146,12 @@ fn next_hop_lost_is_t01_and_reconnects() {
         })
     });
     rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // In flight at C (waiting on the silent fulfiller), so through B.
+    let until = Instant::now() + Duration::from_secs(10);
+    while n.c.in_flight() == 0 {
+        assert!(Instant::now() < until, "the packet never reached C");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     n.b.stop();
     let (code, elapsed) = sender.join().unwrap();
     assert_eq!(code, Some(("T01".into(), "test.a".into())));
@@ -208,7 +172,7 @@ fn next_hop_lost_is_t01_and_reconnects() {
     });
 
     // Restart B on the same port: A reconnects and packets flow again.
-    n.b = node_b(n.c.btp_port(), b_port);
+    n.restart_b(b_port).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !n.a.health().peers["connector-b"] {
         assert!(Instant::now() < deadline, "A did not reconnect to B");
@@ -225,18 +189,13 @@ fn next_hop_lost_is_t01_and_reconnects() {
     drop(n);
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
 }
 
 #[test]

@@ -35,6 +35,8 @@ use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
 /// Per-link settings.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
+    /// Our node id, for log lines.
+    pub node_id: std::sync::Arc<str>,
     /// Longest wait for an answer to a request (the caller may pass an earlier deadline).
     pub send_timeout: Duration,
     pub ping_interval: Duration,
@@ -49,6 +51,7 @@ pub struct LinkConfig {
 impl Default for LinkConfig {
     fn default() -> Self {
         LinkConfig {
+            node_id: "".into(),
             send_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
@@ -331,6 +334,7 @@ pub async fn run<S>(
             Event::Tick => {
                 if ping_sent.is_some() {
                     tracing::debug!(
+                        nodeId = %inner.cfg.node_id,
                         component = "btp_link",
                         event = "pong_timeout",
                         peer = %inner.peer_id
@@ -359,7 +363,7 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<B
     let packet = match BtpPacket::decode(data) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(component = "btp_link", event = "btp_error", peer = %link.peer_id(), error = %e, "unparsable BTP frame");
+            tracing::warn!(nodeId = %link.0.cfg.node_id, component = "btp_link", event = "btp_error", peer = %link.peer_id(), error = %e, "unparsable BTP frame");
             return match (raw_type, raw_id) {
                 (Some(6 | 7), Some(id)) => Some(error_frame(id, b"F01", e.to_string().as_bytes())),
                 _ => Some(Bytes::new()),
@@ -369,7 +373,7 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<B
     match packet.kind() {
         BtpType::Response | BtpType::Error => {
             let Some(p) = link.0.take_pending(packet.request_id()) else {
-                tracing::debug!(component = "btp_link", event = "unknown_response", peer = %link.peer_id(), request_id = packet.request_id());
+                tracing::debug!(nodeId = %link.0.cfg.node_id, component = "btp_link", event = "unknown_response", peer = %link.peer_id(), request_id = packet.request_id());
                 return None;
             };
             let result = match packet.error() {

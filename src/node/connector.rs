@@ -108,7 +108,7 @@ impl ConnectorNode {
             ready: AtomicBool::new(false),
             config,
         });
-        tracing::info!(node_id = %shared.config.node_id, component = "connector", event = "connector_starting", shards = n, address = %shared.address);
+        tracing::info!(nodeId = %shared.config.node_id, component = "connector", event = "connector_starting", shards = n, address = %shared.address);
 
         let placement = match &shared.config.cores {
             Some(cores) => PoolPlacement::Custom(
@@ -223,7 +223,7 @@ impl ConnectorNode {
                 }
             }
         }
-        tracing::info!(node_id = %shared.config.node_id, component = "connector", event = "connector_listening", btp_port, admin_port = node.admin_port());
+        tracing::info!(nodeId = %shared.config.node_id, component = "connector", event = "connector_listening", btp_port, admin_port = node.admin_port());
         Ok(node)
     }
 
@@ -251,6 +251,11 @@ impl ConnectorNode {
     /// Removes a peer at runtime (see [`remove_peer`]).
     pub fn remove_peer(&self, id: &str) -> Result<(), PeerError> {
         remove_peer(&self.shared, id)
+    }
+
+    /// Prepares received and not yet answered, over all shards.
+    pub fn in_flight(&self) -> i64 {
+        self.shared.metrics.iter().map(|m| m.in_flight()).sum()
     }
 
     /// The peer's live links by shard index, if the peer exists.
@@ -281,7 +286,7 @@ impl ConnectorNode {
         if let Some(a) = self.admin.take() {
             a.stop();
         }
-        tracing::info!(node_id = %self.shared.config.node_id, component = "connector", event = "connector_stopped");
+        tracing::info!(nodeId = %self.shared.config.node_id, component = "connector", event = "connector_stopped");
     }
 }
 
@@ -324,7 +329,7 @@ pub(crate) fn remove_peer(shared: &NodeShared, id: &str) -> Result<(), PeerError
 }
 
 fn log_peer_change(shared: &NodeShared, entry: &PeerEntry, event: &str) {
-    tracing::info!(node_id = %shared.config.node_id, component = "peers", event, peer = %entry.id(),
+    tracing::info!(nodeId = %shared.config.node_id, component = "peers", event, peer = %entry.id(),
         relation = ?entry.config.relation, url = ?entry.config.url.as_deref().map(crate::config::redact_url));
 }
 
@@ -351,7 +356,7 @@ pub(crate) fn health(shared: &NodeShared) -> Health {
             shared.started.elapsed() >= Duration::from_millis(shared.config.ready_timeout_ms);
         if dialled_all || waited {
             if !shared.ready.swap(true, Ordering::Relaxed) {
-                tracing::info!(node_id = %shared.config.node_id, component = "connector", event = "connector_ready", connected_peers);
+                tracing::info!(nodeId = %shared.config.node_id, component = "connector", event = "connector_ready", connected_peers);
             }
             "ready"
         } else {

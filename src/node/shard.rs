@@ -95,6 +95,7 @@ impl Shard {
     ) -> Rc<Shard> {
         let c = &node.config;
         let link_cfg = LinkConfig {
+            node_id: c.node_id.as_str().into(),
             send_timeout: Duration::from_millis(c.send_timeout_ms),
             ping_interval: Duration::from_millis(c.ping_interval_ms),
             pong_timeout: Duration::from_millis(c.pong_timeout_ms),
@@ -243,7 +244,7 @@ impl Shard {
                     glommio::spawn_local(async move { me.serve_inbound(stream).await }).detach();
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(node_id = %self.node.config.node_id, component = "btp_server", event = "accept_error", error = %e);
+                    tracing::warn!(nodeId = %self.node.config.node_id, component = "btp_server", event = "accept_error", error = %e);
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -256,7 +257,7 @@ impl Shard {
         let (peer, ws) = match accept_peer(stream, &creds, auth_timeout).await {
             Ok(x) => x,
             Err(e) => {
-                tracing::info!(node_id = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", error = %e);
+                tracing::info!(nodeId = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", error = %e);
                 return;
             }
         };
@@ -265,7 +266,7 @@ impl Shard {
             return;
         };
         if entry.link_count() >= self.node.config.max_connections_per_peer {
-            tracing::warn!(node_id = %self.node.config.node_id, component = "btp_server", event = "too_many_connections", peer = %peer);
+            tracing::warn!(nodeId = %self.node.config.node_id, component = "btp_server", event = "too_many_connections", peer = %peer);
             return;
         }
         self.run_link(
@@ -297,7 +298,7 @@ impl Shard {
                 entry: entry.clone(),
             });
         entry.link_up(self.index);
-        tracing::info!(node_id = %self.node.config.node_id, component = "btp", event = up, peer = %peer, shard = self.index);
+        tracing::info!(nodeId = %self.node.config.node_id, component = "btp", event = up, peer = %peer, shard = self.index);
         if entry.is_removed() {
             link.close();
         }
@@ -307,7 +308,7 @@ impl Shard {
         }
         self.links.borrow_mut().retain(|_, v| !v.is_empty());
         entry.link_down(self.index);
-        tracing::info!(node_id = %self.node.config.node_id, component = "btp", event = down, peer = %peer, shard = self.index);
+        tracing::info!(nodeId = %self.node.config.node_id, component = "btp", event = down, peer = %peer, shard = self.index);
     }
 
     /// Dials `entry` and keeps a link to it, reconnecting with backoff, until the node stops
@@ -336,9 +337,9 @@ impl Shard {
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(node_id = %cfg.node_id, component = "btp_client", event = "btp_client_connect_failed", peer = %peer_id, attempt = failures, error = %e);
+                    tracing::warn!(nodeId = %cfg.node_id, component = "btp_client", event = "btp_client_connect_failed", peer = %peer_id, attempt = failures, error = %e);
                     if cfg.reconnect_max_attempts.is_some_and(|m| failures >= m) {
-                        tracing::error!(node_id = %cfg.node_id, component = "btp_client", event = "btp_client_gave_up", peer = %peer_id);
+                        tracing::error!(nodeId = %cfg.node_id, component = "btp_client", event = "btp_client_gave_up", peer = %peer_id);
                         return;
                     }
                 }
@@ -436,8 +437,8 @@ impl Shard {
         self.metrics
             .packet_done(code, started.elapsed().as_micros() as u64);
         if let Some(c) = &cid {
-            tracing::debug!(node_id = %self.node.config.node_id, component = "handler", event = "packet_response",
-                correlation_id = %std::str::from_utf8(c).unwrap_or("?"), result = code.as_ref().map_or("fulfilled", ErrorCode::as_str),
+            tracing::debug!(nodeId = %self.node.config.node_id, component = "handler", event = "packet_response",
+                correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = code.as_ref().map_or("fulfilled", ErrorCode::as_str),
                 latency_us = started.elapsed().as_micros() as u64);
         }
         btpc::encode_ilp(
@@ -468,8 +469,8 @@ impl Shard {
         // Borrowed, not copied: a propagated id must cost nothing when DEBUG logs are off.
         let cid_str = cid.map(|c| std::str::from_utf8(c).unwrap_or("?"));
         if let Some(c) = &cid_str {
-            tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "packet_received",
-                correlation_id = %c, from = %source, destination = %prepare.destination_str(), amount = prepare.amount());
+            tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_received",
+                correlationId = %c, from = %source, destination = %prepare.destination_str(), amount = prepare.amount());
         }
         let now = Timestamp::now();
         let timing = Timing {
@@ -500,7 +501,7 @@ impl Shard {
             } => (next_hop, expires_at),
         };
         if let Some(c) = &cid_str {
-            tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "route_lookup", correlation_id = %c, next_hop = %next_hop);
+            tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "route_lookup", correlationId = %c, next_hop = %next_hop);
         }
         // A link on this shard, else the shard that has one, else T01 now.
         let via = match self.pick_link(&next_hop) {
@@ -551,7 +552,7 @@ impl Shard {
         let wait_ms = (expires_at.unix_millis() - Timestamp::now().unix_millis()).max(0) as u64;
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         if let Some(c) = &cid_str {
-            tracing::debug!(node_id = %node.config.node_id, component = "handler", event = "packet_forwarded", correlation_id = %c, next_hop = %next_hop, expires_at = %expires_at);
+            tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_forwarded", correlationId = %c, next_hop = %next_hop, expires_at = %expires_at);
         }
         let result = match via {
             Ok(link) => link.request(frame, Some(deadline)).await,
