@@ -1,0 +1,233 @@
+//! The built binary, run three times with the shipped `configs/` (a, b, c): packets flow end
+//! to end across three processes, every process logs the packet's correlation id, and
+//! SIGTERM stops each one cleanly. Ports: the configs' fixed ports are swapped for free ones
+//! (`BTP_SERVER_PORT=0`, `healthCheckPort: 0`, the dialled URLs rewritten), nothing else.
+//! Also: a bad config gets a one-line error and exit code 2.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ilp_connector::codec::Packet;
+use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ilp-connector");
+
+struct Proc {
+    child: Child,
+    btp_port: u16,
+    admin_port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ilp-multi-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the binary on `configs/<name>.yaml` with `edits` applied to the text.
+fn spawn(name: &str, edits: &[(&str, String)]) -> Proc {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{name}.yaml"));
+    let mut text = std::fs::read_to_string(&src).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{name}.yaml has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = scratch_dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("BTP_SERVER_PORT", "0")
+        .env("LOG_LEVEL", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err_pipe = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // "listening: btp port X, admin port Y" on stdout.
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{name} printed no listening line: {}",
+                stderr.lock().unwrap()
+            )
+        });
+    let nums: Vec<u16> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "unexpected line from {name}: {line}");
+    Proc {
+        child,
+        btp_port: nums[0],
+        admin_port: nums[1],
+        stderr,
+    }
+}
+
+fn health(admin_port: u16) -> Option<serde_json::Value> {
+    let url = format!("http://127.0.0.1:{admin_port}/health");
+    let r = ureq::get(&url)
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?;
+    serde_json::from_str(&r.into_string().ok()?).ok()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(mut p: Proc, name: &str) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status();
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{name} exited with {status} after SIGTERM"
+            );
+            return;
+        }
+        assert!(Instant::now() < until, "{name} did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn three_processes_from_configs() {
+    let c = spawn(
+        "c",
+        &[("healthCheckPort: 8083", "healthCheckPort: 0".into())],
+    );
+    let c_url = format!("ws://127.0.0.1:{}", c.btp_port);
+    let _receiver = Fulfiller::dial(&c_url, "receiver", "secret-cr", Mode::Fulfill).unwrap();
+    let b = spawn(
+        "b",
+        &[
+            ("healthCheckPort: 8082", "healthCheckPort: 0".into()),
+            ("ws://127.0.0.1:3003", c_url.clone()),
+        ],
+    );
+    let a = spawn(
+        "a",
+        &[
+            ("healthCheckPort: 8081", "healthCheckPort: 0".into()),
+            (
+                "ws://127.0.0.1:3002",
+                format!("ws://127.0.0.1:{}", b.btp_port),
+            ),
+        ],
+    );
+    for (p, name, peer) in [(&a, "A", "connector-b"), (&b, "B", "connector-c")] {
+        wait_for(&format!("{name} linked to {peer}"), || {
+            health(p.admin_port).is_some_and(|h| h["status"] == "ready" && h["peers"][peer] == true)
+        });
+    }
+    wait_for("C sees B and the receiver", || {
+        health(c.admin_port)
+            .is_some_and(|h| h["peers"]["receiver"] == true && h["peers"]["connector-b"] == true)
+    });
+
+    let url = format!("ws://127.0.0.1:{}", a.btp_port);
+    let outcomes = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-sa")
+            .await
+            .unwrap();
+        let mut fulfilled = 0;
+        for i in 0u32..200 {
+            if let Packet::Fulfill(_) = s
+                .send("test.c.receiver.multi", 1, 30_000, &i.to_be_bytes())
+                .await
+                .unwrap()
+            {
+                fulfilled += 1;
+            }
+        }
+        fulfilled
+    });
+    assert_eq!(outcomes, 200);
+
+    // The first packet's correlation id, from A's log, is in B's and C's logs too.
+    let a_log = a.stderr.lock().unwrap().clone();
+    let cid = a_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["event"] == "packet_received")
+        .and_then(|l| l["correlationId"].as_str().map(str::to_owned))
+        .expect("A logged packet_received with a correlationId");
+    for (p, name) in [(&b, "B"), (&c, "C")] {
+        assert!(
+            p.stderr
+                .lock()
+                .unwrap()
+                .contains(&format!("\"correlationId\":\"{cid}\"")),
+            "{name}'s log lacks correlation id {cid}"
+        );
+    }
+    for (p, name) in [(a, "A"), (b, "B"), (c, "C")] {
+        assert!(
+            !p.stderr.lock().unwrap().contains("secret-"),
+            "{name} logged a secret"
+        );
+        stop(p, name);
+    }
+}
+
+#[test]
+fn bad_config_is_one_line_and_exit_2() {
+    let path = scratch_dir().join("bad.yaml");
+    std::fs::write(&path, "nodeId: x\nilpAddress: test.x\nbtpServerPrt: 3000\n").unwrap();
+    for args in [vec!["check-config"], vec!["run", "--config"]] {
+        let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("btpServerPrt") && err.contains("line"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+}
