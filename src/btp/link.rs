@@ -226,6 +226,20 @@ impl Link {
             .map_err(|_| LinkError::LinkLost)
     }
 
+    /// Queues a frame without waiting; [`LinkError::QueueFull`] when the queue has no room.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
+        if self.0.closed.get() {
+            return Err(LinkError::LinkLost);
+        }
+        self.0
+            .out
+            .try_send(Outbound::Frame(frame))
+            .map_err(|e| match e {
+                glommio::GlommioError::Closed(_) => LinkError::LinkLost,
+                _ => LinkError::QueueFull,
+            })
+    }
+
     /// Asks the link task to close the socket.
     pub fn close(&self) {
         let _ = self.0.out.try_send(Outbound::Close);
