@@ -1,0 +1,206 @@
+//! The load generator's sender: `links` dialled BTP links, `concurrency` packets in flight
+//! spread over them, a warm-up, then a measured phase; latency per packet into an
+//! hdrhistogram (µs).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use ilp_connector::btp::client::{dial, parse_url};
+use ilp_connector::btp::deadlines::Deadlines;
+use ilp_connector::btp::link::{self, Link, LinkConfig};
+use ilp_connector::btp::IncomingHandler;
+use ilp_connector::codec::btp::{self, BtpType};
+use ilp_connector::codec::{Packet, PrepareFields, Timestamp};
+use ilp_connector::testkit::condition_for;
+
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub url: String,
+    pub user: String,
+    pub token: String,
+    pub destination: String,
+    pub concurrency: usize,
+    pub links: usize,
+    pub data_size: usize,
+    pub warmup: Duration,
+    /// Measured phase: this long, unless `count` is set.
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub progress: bool,
+}
+
+pub struct Outcome {
+    pub fulfilled: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+}
+
+/// Runs the load on the current glommio executor. `on_measure` is called once, when the
+/// measured phase starts (to sample the connector's CPU time).
+pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, String> {
+    let target = parse_url(&load.url)?;
+    let mut links = Vec::new();
+    for _ in 0..load.links.max(1) {
+        let ws = dial(&target, &load.user, &load.token, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("dial {}: {e}", load.url))?;
+        let deadlines = Deadlines::new();
+        let cfg = LinkConfig {
+            max_pending: 1 << 20,
+            ..LinkConfig::default()
+        };
+        let (l, rx) = Link::new("target", cfg, deadlines.clone());
+        let ignore: IncomingHandler = Rc::new(|_, _| {});
+        glommio::spawn_local(link::run(ws, l.clone(), rx, ignore)).detach();
+        let l2 = l.clone();
+        glommio::spawn_local(async move { deadlines.run(move || !l2.is_open()).await }).detach();
+        links.push(l);
+    }
+    let data = vec![0x5au8; load.data_size];
+    let condition = condition_for(&data);
+    probe(&links[0], &load.destination, &data, &condition).await?;
+
+    // 0 = warm-up, 1 = measuring, 2 = done.
+    let phase = Rc::new(Cell::new(0u8));
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+    ));
+    let counts = Rc::new(Cell::new((0u64, 0u64, 0u64)));
+    let sent = Rc::new(Cell::new(0u64));
+    let workers: Vec<_> = (0..load.concurrency)
+        .map(|i| {
+            let link = links[i % links.len()].clone();
+            let (phase, hist, counts, sent) =
+                (phase.clone(), hist.clone(), counts.clone(), sent.clone());
+            let (data, destination, count) = (data.clone(), load.destination.clone(), load.count);
+            glommio::spawn_local(async move {
+                let mut ilp = BytesMut::with_capacity(256);
+                while phase.get() < 2 {
+                    if phase.get() == 1 {
+                        if let Some(c) = count {
+                            if sent.get() >= c {
+                                break;
+                            }
+                        }
+                        sent.set(sent.get() + 1);
+                    }
+                    ilp.clear();
+                    PrepareFields {
+                        amount: 1,
+                        expires_at: Timestamp::now().add_millis(30_000),
+                        execution_condition: &condition,
+                        destination: destination.as_bytes(),
+                        data: &data,
+                    }
+                    .encode(&mut ilp);
+                    let mut frame = BytesMut::with_capacity(ilp.len() + 32);
+                    btp::encode_ilp(&mut frame, BtpType::Message, 0, &ilp);
+                    let measuring = phase.get() == 1;
+                    let started = Instant::now();
+                    let result = link.request(frame, None).await;
+                    if !measuring || phase.get() != 1 {
+                        continue;
+                    }
+                    let us = started.elapsed().as_micros() as u64;
+                    let (mut f, mut r, mut e) = counts.get();
+                    match result.map(|p| p.ilp().map(Packet::decode)) {
+                        Ok(Some(Ok(Packet::Fulfill(_)))) => {
+                            f += 1;
+                            let _ = hist.borrow_mut().record(us.max(1));
+                        }
+                        Ok(Some(Ok(Packet::Reject(_)))) => r += 1,
+                        _ => e += 1,
+                    }
+                    counts.set((f, r, e));
+                }
+            })
+        })
+        .collect();
+
+    glommio::timer::sleep(load.warmup).await;
+    on_measure();
+    phase.set(1);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let done = match load.count {
+            Some(c) => {
+                let (f, r, e) = counts.get();
+                f + r + e >= c
+            }
+            None => started.elapsed() >= load.duration,
+        };
+        if load.progress && last_report.elapsed() >= Duration::from_secs(1) {
+            let (f, r, e) = counts.get();
+            eprintln!(
+                "  … {:.0} s: {f} fulfilled, {r} rejected, {e} errors",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        if done {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    phase.set(2);
+    for w in workers {
+        w.await;
+    }
+    for l in &links {
+        l.close();
+    }
+    let (fulfilled, rejected, errors) = counts.get();
+    let latency_us = hist.borrow().clone();
+    Ok(Outcome {
+        fulfilled,
+        rejected,
+        errors,
+        elapsed,
+        latency_us,
+    })
+}
+
+/// Sends one packet at a time until one is fulfilled (the path is up), for at most 10 s.
+async fn probe(
+    link: &Link,
+    destination: &str,
+    data: &[u8],
+    condition: &[u8; 32],
+) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < until {
+        let mut ilp = BytesMut::new();
+        PrepareFields {
+            amount: 1,
+            expires_at: Timestamp::now().add_millis(30_000),
+            execution_condition: condition,
+            destination: destination.as_bytes(),
+            data,
+        }
+        .encode(&mut ilp);
+        let mut frame = BytesMut::new();
+        btp::encode_ilp(&mut frame, BtpType::Message, 0, &ilp);
+        match link
+            .request(frame, None)
+            .await
+            .map(|p| p.ilp().map(Packet::decode))
+        {
+            Ok(Some(Ok(Packet::Fulfill(_)))) => return Ok(()),
+            Ok(Some(Ok(Packet::Reject(r)))) => last = format!("rejected {}", r.code().as_str()),
+            Ok(_) => last = "answer without a valid ILP packet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!(
+        "the path to {destination} never fulfilled a probe: {last}"
+    ))
+}

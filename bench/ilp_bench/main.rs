@@ -1,0 +1,632 @@
+//! `ilp-bench`: the load generator and the standard scenarios.
+//!
+//! - `ilp-bench scenarios`: runs, side by side in one run, the relay baseline, 0 hops, 1 hop and
+//!   3 hops through `ilp-connector` processes, at concurrency 1 and 64, with 1 and 2 shards;
+//!   prints a table (with ratios against the relay and the 0-hop figures) and writes JSON.
+//! - `ilp-bench load`: one load run against any BTP endpoint (e.g. the JS reference connector),
+//!   optionally measuring given process ids.
+//! - `ilp-bench fulfiller`: a BTP fulfiller on a port (`sha256(data)` fulfils).
+//! - `ilp-bench relay`: the byte-level WebSocket relay used as the baseline.
+//!
+//! CPU per packet comes from the connector processes' `/proc/<pid>/stat` over the measured
+//! phase; peak RSS from `VmHWM`.
+
+mod load;
+mod procstat;
+mod relay;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ilp_connector::testkit::{Fulfiller, Mode};
+
+#[derive(Parser)]
+#[command(
+    name = "ilp-bench",
+    about = "Load generator for ILP connectors over BTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Timing {
+    /// Measured phase per run, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Warm-up before each measured phase, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop the measured phase after this many packets instead of after `duration`.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Bytes of data in each Prepare.
+    #[arg(long, default_value_t = 32)]
+    data_size: usize,
+    /// Pin the sender's executor to this core.
+    #[arg(long)]
+    sender_core: Option<usize>,
+    /// Print progress every second.
+    #[arg(long)]
+    progress: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The standard scenarios, side by side.
+    Scenarios {
+        #[command(flatten)]
+        timing: Timing,
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        /// Write the results as JSON here.
+        #[arg(long, default_value = "target/ilp-bench.json")]
+        json: PathBuf,
+        /// Concurrency levels to run.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        concurrency: Vec<usize>,
+        /// Shard counts to run the connector scenarios with.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        shards: Vec<usize>,
+        /// Pin the fulfiller's executor to this core.
+        #[arg(long)]
+        fulfiller_core: Option<usize>,
+    },
+    /// One load run against a BTP endpoint.
+    Load {
+        #[command(flatten)]
+        timing: Timing,
+        /// e.g. ws://127.0.0.1:3001 (or btp+ws://user:token@host:port)
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "sender")]
+        user: String,
+        #[arg(long, default_value = "")]
+        token: String,
+        #[arg(long)]
+        destination: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        links: usize,
+        /// Processes whose CPU time and peak RSS to report (the connector).
+        #[arg(long, value_delimiter = ',')]
+        pid: Vec<u32>,
+        /// Hops the packets cross (CPU per packet is divided by this).
+        #[arg(long, default_value_t = 1)]
+        hops: u32,
+        #[arg(long, default_value = "load")]
+        label: String,
+        /// Print the result as JSON too.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A fulfiller on 127.0.0.1:<port> accepting `user`/`token`; prints its port, runs until killed.
+    Fulfiller {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        token: String,
+    },
+    /// The byte-level relay baseline: accept on a free port, relay to `to`; prints its port.
+    Relay {
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// One row of results.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    scenario: String,
+    hops: u32,
+    shards: usize,
+    concurrency: usize,
+    packets: u64,
+    rejected: u64,
+    errors: u64,
+    throughput_per_s: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    /// Connector CPU (all its processes) per packet, divided by hops.
+    cpu_us_per_packet_per_hop: Option<f64>,
+    /// Largest peak RSS among the connector processes.
+    peak_rss_mib: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Scenarios {
+            timing,
+            connector,
+            json,
+            concurrency,
+            shards,
+            fulfiller_core,
+        } => scenarios(
+            &timing,
+            connector,
+            &json,
+            &concurrency,
+            &shards,
+            fulfiller_core,
+        ),
+        Cmd::Load {
+            timing,
+            url,
+            user,
+            token,
+            destination,
+            concurrency,
+            links,
+            pid,
+            hops,
+            label,
+            json,
+        } => {
+            let spec = load::Load {
+                url,
+                user,
+                token,
+                destination,
+                concurrency,
+                links,
+                data_size: timing.data_size,
+                warmup: Duration::from_secs_f64(timing.warmup),
+                duration: Duration::from_secs_f64(timing.duration),
+                count: timing.count,
+                progress: timing.progress,
+            };
+            measure(&label, hops, 0, spec, &pid, timing.sender_core).map(|row| {
+                print_table(std::slice::from_ref(&row));
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&row).unwrap_or_default());
+                }
+            })
+        }
+        Cmd::Fulfiller { user, token } => {
+            let f = Fulfiller::start(&user, &token, Mode::Fulfill);
+            println!("fulfiller port {}", f.port);
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        Cmd::Relay { to } => {
+            let r = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .spawn(move || async move {
+                    let listener = glommio::net::TcpListener::bind("127.0.0.1:0")
+                        .map_err(|e| e.to_string())?;
+                    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+                    println!("relay port {port}");
+                    relay::run(listener, to).await;
+                    Ok::<(), String>(())
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|h| h.join().map_err(|e| e.to_string())?);
+            r
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `spec` on a sender executor and measures `pids` over the measured phase.
+fn measure(
+    scenario: &str,
+    hops: u32,
+    shards: usize,
+    spec: load::Load,
+    pids: &[u32],
+    sender_core: Option<usize>,
+) -> Result<Row, String> {
+    let placement = sender_core.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    let pids_owned = pids.to_vec();
+    let concurrency = spec.concurrency;
+    let (out, cpu_before) = glommio::LocalExecutorBuilder::new(placement)
+        .name("ilp-bench-sender")
+        .spawn(move || async move {
+            let mut before = None;
+            let out = load::run(spec, || {
+                before = Some(cpu_of(&pids_owned));
+            })
+            .await;
+            (out, before)
+        })
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|e| e.to_string())?;
+    let cpu_after = cpu_of(pids);
+    let out = out?;
+    let packets = out.fulfilled;
+    let h = &out.latency_us;
+    let cpu = match (cpu_before.flatten(), cpu_after) {
+        (Some(b), Some(a)) if packets > 0 && !pids.is_empty() => {
+            Some((a - b) * 1e6 / packets as f64 / f64::from(hops.max(1)))
+        }
+        _ => None,
+    };
+    let rss = pids
+        .iter()
+        .filter_map(|p| procstat::peak_rss_kib(*p))
+        .max()
+        .map(|k| k as f64 / 1024.0);
+    Ok(Row {
+        scenario: scenario.to_owned(),
+        hops,
+        shards,
+        concurrency,
+        packets,
+        rejected: out.rejected,
+        errors: out.errors,
+        throughput_per_s: packets as f64 / out.elapsed.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        cpu_us_per_packet_per_hop: cpu,
+        peak_rss_mib: rss,
+    })
+}
+
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| procstat::cpu_seconds(*p)).sum()
+}
+
+/// A child process that prints "<what> port N" first; killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd`, returns it and the first number after "port" on its stdout (bounded wait).
+fn spawn_with_port(mut cmd: Command, what: &str) -> Result<(Proc, u16), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .map_err(|_| format!("{what} printed no port"))?;
+    let port = line
+        .split_once("port ")
+        .and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("{what}: no port in {line:?}"))?;
+    Ok((proc, port))
+}
+
+fn start_connector(bin: &PathBuf, name: &str, yaml: String) -> Result<(Proc, u16), String> {
+    let dir = std::env::temp_dir().join(format!("ilp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--config"]).arg(&path);
+    spawn_with_port(cmd, name)
+}
+
+/// Config of one connector in the chain; `next` is (peer id, url, token) of the next hop.
+fn connector_yaml(
+    id: &str,
+    address: &str,
+    shards: usize,
+    next: (&str, &str, &str),
+    child_next: bool,
+    upstream: (&str, &str),
+) -> String {
+    let relation = if child_next { "child" } else { "peer" };
+    let route = if child_next {
+        String::new()
+    } else {
+        format!("routes:\n  - {{prefix: test, nextHop: {}}}\n", next.0)
+    };
+    format!(
+        "nodeId: {id}\nilpAddress: {address}\nbtpServerPort: 0\nshards: {shards}\nlogLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {relation}, url: \"{}\", authToken: {}}}\n{route}",
+        upstream.0, upstream.1, next.0, next.1, next.2
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scenarios(
+    timing: &Timing,
+    connector: Option<PathBuf>,
+    json: &PathBuf,
+    concurrency: &[usize],
+    shards: &[usize],
+    fulfiller_core: Option<usize>,
+) -> Result<(), String> {
+    let bin = match connector {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("ilp-connector"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release)",
+            bin.display()
+        ));
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let spec = |url: String, user: &str, token: &str, destination: &str, c: usize, links: usize| {
+        load::Load {
+            url,
+            user: user.into(),
+            token: token.into(),
+            destination: destination.into(),
+            concurrency: c,
+            links,
+            data_size: timing.data_size,
+            warmup: Duration::from_secs_f64(timing.warmup),
+            duration: Duration::from_secs_f64(timing.duration),
+            count: timing.count,
+            progress: timing.progress,
+        }
+    };
+    let _ = fulfiller_core; // the testkit fulfiller runs unpinned; see tuning.md
+    let mut rows = Vec::new();
+    for &c in concurrency {
+        // Relay baseline and 0 hops: no connector.
+        {
+            let f = Fulfiller::start("sender", "bench-token", Mode::Fulfill);
+            let mut cmd = Command::new(&me);
+            cmd.args(["relay", "--to", &f.url()]);
+            let (relay, port) = spawn_with_port(cmd, "relay")?;
+            eprintln!("relay baseline, concurrency {c}");
+            let row = measure(
+                "relay",
+                1,
+                0,
+                spec(
+                    format!("ws://127.0.0.1:{port}"),
+                    "sender",
+                    "bench-token",
+                    "test.x.bench",
+                    c,
+                    1,
+                ),
+                &[relay.0.id()],
+                timing.sender_core,
+            )?;
+            rows.push(row);
+            eprintln!("0 hops, concurrency {c}");
+            let row = measure(
+                "0-hop",
+                0,
+                0,
+                spec(f.url(), "sender", "bench-token", "test.x.bench", c, 1),
+                &[],
+                timing.sender_core,
+            )?;
+            rows.push(row);
+        }
+        for &s in shards {
+            // 1 hop: sender → A → fulfiller.
+            {
+                let f = Fulfiller::start("connector-a", "secret-ar", Mode::Fulfill);
+                let (a, port) = start_connector(
+                    &bin,
+                    "a",
+                    connector_yaml(
+                        "connector-a",
+                        "test.a",
+                        s,
+                        ("receiver", &f.url(), "secret-ar"),
+                        true,
+                        ("sender", "bench-token"),
+                    ),
+                )?;
+                eprintln!("1 hop, {s} shard(s), concurrency {c}");
+                let row = measure(
+                    "1-hop",
+                    1,
+                    s,
+                    spec(
+                        format!("ws://127.0.0.1:{port}"),
+                        "sender",
+                        "bench-token",
+                        "test.a.receiver.bench",
+                        c,
+                        s,
+                    ),
+                    &[a.0.id()],
+                    timing.sender_core,
+                )?;
+                rows.push(row);
+            }
+            // 3 hops: sender → A → B → C → fulfiller.
+            {
+                let f = Fulfiller::start("connector-c", "secret-cr", Mode::Fulfill);
+                let (cc, c_port) = start_connector(
+                    &bin,
+                    "c",
+                    connector_yaml(
+                        "connector-c",
+                        "test.c",
+                        s,
+                        ("receiver", &f.url(), "secret-cr"),
+                        true,
+                        ("connector-b", "secret-bc"),
+                    ),
+                )?;
+                let (b, b_port) = start_connector(
+                    &bin,
+                    "b",
+                    connector_yaml(
+                        "connector-b",
+                        "test.b",
+                        s,
+                        (
+                            "connector-c",
+                            &format!("ws://127.0.0.1:{c_port}"),
+                            "secret-bc",
+                        ),
+                        false,
+                        ("connector-a", "secret-ab"),
+                    ),
+                )?;
+                let (a, a_port) = start_connector(
+                    &bin,
+                    "a",
+                    connector_yaml(
+                        "connector-a",
+                        "test.a",
+                        s,
+                        (
+                            "connector-b",
+                            &format!("ws://127.0.0.1:{b_port}"),
+                            "secret-ab",
+                        ),
+                        false,
+                        ("sender", "bench-token"),
+                    ),
+                )?;
+                eprintln!("3 hops, {s} shard(s), concurrency {c}");
+                let row = measure(
+                    "3-hop",
+                    3,
+                    s,
+                    spec(
+                        format!("ws://127.0.0.1:{a_port}"),
+                        "sender",
+                        "bench-token",
+                        "test.c.receiver.bench",
+                        c,
+                        s,
+                    ),
+                    &[a.0.id(), b.0.id(), cc.0.id()],
+                    timing.sender_core,
+                )?;
+                rows.push(row);
+            }
+        }
+    }
+    print_table(&rows);
+    print_ratios(&rows);
+    if let Some(dir) = json.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(
+        json,
+        serde_json::to_string_pretty(&rows).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    eprintln!("JSON written to {}", json.display());
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<8} {:>4} {:>6} {:>5} {:>9} {:>11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8}",
+        "scenario",
+        "hops",
+        "shards",
+        "conc",
+        "packets",
+        "packets/s",
+        "p50µs",
+        "p90µs",
+        "p99µs",
+        "p99.9",
+        "maxµs",
+        "cpuµs/hop",
+        "rssMiB"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:>4} {:>6} {:>5} {:>9} {:>11.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8}",
+            r.scenario,
+            r.hops,
+            r.shards,
+            r.concurrency,
+            r.packets,
+            r.throughput_per_s,
+            r.p50_us,
+            r.p90_us,
+            r.p99_us,
+            r.p999_us,
+            r.max_us,
+            r.cpu_us_per_packet_per_hop
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1}")),
+        );
+        if r.rejected + r.errors > 0 {
+            println!("         ({} rejected, {} errors)", r.rejected, r.errors);
+        }
+    }
+}
+
+/// Throughput against the relay and added latency per hop against 0 hops, same concurrency.
+fn print_ratios(rows: &[Row]) {
+    println!();
+    println!("ratios (same concurrency): throughput vs relay; added latency per hop vs 0-hop (p50 / p99, µs)");
+    for r in rows
+        .iter()
+        .filter(|r| r.scenario.ends_with("hop") && r.hops > 0)
+    {
+        let relay = rows
+            .iter()
+            .find(|x| x.scenario == "relay" && x.concurrency == r.concurrency);
+        let zero = rows
+            .iter()
+            .find(|x| x.scenario == "0-hop" && x.concurrency == r.concurrency);
+        let ratio = relay.map_or("-".into(), |x| {
+            format!("{:.0}%", 100.0 * r.throughput_per_s / x.throughput_per_s)
+        });
+        let added = zero.map_or("-".into(), |z| {
+            format!(
+                "{:.1} / {:.1}",
+                (r.p50_us as f64 - z.p50_us as f64) / f64::from(r.hops),
+                (r.p99_us as f64 - z.p99_us as f64) / f64::from(r.hops)
+            )
+        });
+        println!(
+            "  {:<6} shards {} conc {:>3}: {:>5} of relay throughput; added per hop {}",
+            r.scenario, r.shards, r.concurrency, ratio, added
+        );
+    }
+}
