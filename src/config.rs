@@ -185,6 +185,10 @@ pub struct Config {
     pub max_connections_per_peer: usize,
     #[serde(default = "d_max_in_flight")]
     pub max_in_flight_per_link: usize,
+    /// Spin this long polling for I/O before an idle shard sleeps (0 = sleep at once).
+    /// Trades idle CPU for wake-up latency; see tuning.md.
+    #[serde(default)]
+    pub spin_before_park_us: u64,
     /// Prepares a shard handles at once; more are refused with T03 (connector busy).
     #[serde(default = "d_max_in_flight_shard")]
     pub max_in_flight_per_shard: usize,

@@ -145,3 +145,51 @@ fn unparsable_request_gets_btp_error() {
         let _ = Bytes::new();
     });
 }
+
+/// A peer that authenticates and then never reads again never answers our pings: the link
+/// closes after a ping interval plus the pong timeout, and a pending request fails with
+/// link-lost at that moment, well before its own deadline.
+#[test]
+fn unanswered_ping_closes_the_link() {
+    run_local(|| async {
+        let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        glommio::spawn_local(async move {
+            let creds = vec![Credential::new("client", "tok")];
+            let stream = listener.accept().await.unwrap();
+            let (_peer, ws) = accept_peer(stream, &creds, Duration::from_secs(5))
+                .await
+                .unwrap();
+            // Hold the socket without reading it.
+            glommio::timer::sleep(Duration::from_secs(10)).await;
+            drop(ws);
+        })
+        .detach();
+        let target = parse_url(&format!("ws://127.0.0.1:{port}")).unwrap();
+        let ws = dial(&target, "client", "tok", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let cfg = LinkConfig {
+            ping_interval: Duration::from_millis(100),
+            pong_timeout: Duration::from_millis(100),
+            ..LinkConfig::default()
+        };
+        let deadlines = Deadlines::new();
+        let (l, rx) = Link::new("server", cfg, deadlines.clone());
+        let ignore: IncomingHandler = Rc::new(|_, _| {});
+        glommio::spawn_local(link::run(ws, l.clone(), rx, ignore)).detach();
+        let l2 = l.clone();
+        glommio::spawn_local(async move { deadlines.run(move || !l2.is_open()).await }).detach();
+        let t = Instant::now();
+        let mut frame = BytesMut::new();
+        btp::encode_ilp(&mut frame, BtpType::Message, 0, b"never answered");
+        let err = l.request(frame, None).await.unwrap_err();
+        assert_eq!(err, LinkError::LinkLost);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_secs(2),
+            "closed after {took:?}"
+        );
+        assert!(!l.is_open());
+    });
+}

@@ -73,9 +73,9 @@ enum Cmd {
         /// Shard counts to run the connector scenarios with.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         shards: Vec<usize>,
-        /// Pin the fulfiller's executor to this core.
-        #[arg(long)]
-        fulfiller_core: Option<usize>,
+        /// `spinBeforeParkUs` for the connectors (0 = park at once).
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
     },
     /// One load run against a BTP endpoint.
     Load {
@@ -151,15 +151,8 @@ fn main() -> ExitCode {
             json,
             concurrency,
             shards,
-            fulfiller_core,
-        } => scenarios(
-            &timing,
-            connector,
-            &json,
-            &concurrency,
-            &shards,
-            fulfiller_core,
-        ),
+            spin_us,
+        } => scenarios(&timing, connector, &json, &concurrency, &shards, spin_us),
         Cmd::Load {
             timing,
             url,
@@ -354,6 +347,7 @@ fn connector_yaml(
     id: &str,
     address: &str,
     shards: usize,
+    spin_us: u64,
     next: (&str, &str, &str),
     child_next: bool,
     upstream: (&str, &str),
@@ -365,7 +359,7 @@ fn connector_yaml(
         format!("routes:\n  - {{prefix: test, nextHop: {}}}\n", next.0)
     };
     format!(
-        "nodeId: {id}\nilpAddress: {address}\nbtpServerPort: 0\nshards: {shards}\nlogLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {relation}, url: \"{}\", authToken: {}}}\n{route}",
+        "nodeId: {id}\nilpAddress: {address}\nbtpServerPort: 0\nshards: {shards}\nspinBeforeParkUs: {spin_us}\nlogLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {relation}, url: \"{}\", authToken: {}}}\n{route}",
         upstream.0, upstream.1, next.0, next.1, next.2
     )
 }
@@ -377,7 +371,7 @@ fn scenarios(
     json: &PathBuf,
     concurrency: &[usize],
     shards: &[usize],
-    fulfiller_core: Option<usize>,
+    spin_us: u64,
 ) -> Result<(), String> {
     let bin = match connector {
         Some(b) => b,
@@ -407,7 +401,6 @@ fn scenarios(
             progress: timing.progress,
         }
     };
-    let _ = fulfiller_core; // the testkit fulfiller runs unpinned; see tuning.md
     let mut rows = Vec::new();
     for &c in concurrency {
         // Relay baseline and 0 hops: no connector.
@@ -455,6 +448,7 @@ fn scenarios(
                         "connector-a",
                         "test.a",
                         s,
+                        spin_us,
                         ("receiver", &f.url(), "secret-ar"),
                         true,
                         ("sender", "bench-token"),
@@ -488,6 +482,7 @@ fn scenarios(
                         "connector-c",
                         "test.c",
                         s,
+                        spin_us,
                         ("receiver", &f.url(), "secret-cr"),
                         true,
                         ("connector-b", "secret-bc"),
@@ -500,6 +495,7 @@ fn scenarios(
                         "connector-b",
                         "test.b",
                         s,
+                        spin_us,
                         (
                             "connector-c",
                             &format!("ws://127.0.0.1:{c_port}"),
@@ -516,6 +512,7 @@ fn scenarios(
                         "connector-a",
                         "test.a",
                         s,
+                        spin_us,
                         (
                             "connector-b",
                             &format!("ws://127.0.0.1:{b_port}"),

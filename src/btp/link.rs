@@ -8,9 +8,14 @@
 //!    TRANSFER is refused (no settlement here); an unparsable request gets a BTP ERROR, any
 //!    other unparsable frame closes the link;
 //! 2. queued outgoing frames: fed to the socket as a batch, then flushed once;
-//! 3. the keep-alive tick: ping after `ping_interval` of silence; no pong (or any frame)
-//!    within `pong_timeout` closes the link.
 //!
+//! Keep-alive runs in a task of its own, so the hot loop arms no timer and reads no clock:
+//! every `ping_interval` it checks whether any frame arrived since its last look; if none
+//! did, it queues a ping, and if nothing arrives within `pong_timeout` after that, it closes
+//! the link. (So a ping goes out after between one and two intervals of silence.)
+//!
+//! A pending request is a slot in the link's map (no channel is allocated per request): the
+//! answer is stored in the slot and the waiting task woken; the waiter removes the slot.
 //! When the task ends, every request still pending completes at once with
 //! [`LinkError::LinkLost`]. Request ids are ours alone: the peer's MESSAGE ids are only echoed.
 
@@ -21,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
+use std::task::{Poll, Waker};
+
 use bytes::{Bytes, BytesMut};
-use futures_channel::oneshot;
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_util::{SinkExt, StreamExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -67,12 +73,18 @@ pub type IncomingHandler = Rc<dyn Fn(Link, BtpPacket)>;
 /// What the link task writes.
 pub enum Outbound {
     Frame(Bytes),
+    Ping,
     Close,
+}
+
+enum Slot {
+    Waiting(Option<Waker>),
+    Done(Result<BtpPacket, LinkError>),
 }
 
 struct Pending {
     at: Instant,
-    tx: oneshot::Sender<Result<BtpPacket, LinkError>>,
+    slot: Slot,
 }
 
 pub(crate) struct LinkInner {
@@ -84,38 +96,76 @@ pub(crate) struct LinkInner {
     next_id: Cell<u32>,
     /// Set when the link task ends; requests are refused from then on.
     closed: Cell<bool>,
+    /// Set by every incoming frame, cleared by the keep-alive task.
+    heard: Cell<bool>,
     deadlines: Rc<Deadlines>,
     cfg: LinkConfig,
 }
 
 impl LinkInner {
-    fn take_pending(&self, id: u32) -> Option<Pending> {
-        let p = self.pending.borrow_mut().remove(&id);
-        if p.is_some() {
-            self.deadlines.done();
+    /// Completes request `id` if it is still waiting; returns whether it was.
+    fn complete(&self, id: u32, result: Result<BtpPacket, LinkError>) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        let Some(p) = pending.get_mut(&id) else {
+            return false;
+        };
+        let Slot::Waiting(waker) = &mut p.slot else {
+            return false;
+        };
+        let waker = waker.take();
+        p.slot = Slot::Done(result);
+        drop(pending);
+        self.deadlines.done();
+        if let Some(w) = waker {
+            w.wake();
         }
-        p
+        true
     }
 
     pub(crate) fn is_pending(&self, id: u32, at: Instant) -> bool {
-        self.pending.borrow().get(&id).is_some_and(|p| p.at == at)
+        self.pending
+            .borrow()
+            .get(&id)
+            .is_some_and(|p| p.at == at && matches!(p.slot, Slot::Waiting(_)))
     }
 
     /// The deadline for request `id` (set at `at`) passed.
     pub(crate) fn expire(&self, id: u32, at: Instant) {
-        if !self.is_pending(id, at) {
-            return;
-        }
-        if let Some(p) = self.take_pending(id) {
-            let _ = p.tx.send(Err(LinkError::Timeout));
+        if self.is_pending(id, at) {
+            self.complete(id, Err(LinkError::Timeout));
         }
     }
 
     fn fail_all(&self) {
-        let drained: Vec<Pending> = self.pending.borrow_mut().drain().map(|(_, p)| p).collect();
-        for p in drained {
-            self.deadlines.done();
-            let _ = p.tx.send(Err(LinkError::LinkLost));
+        let waiting: Vec<u32> = self
+            .pending
+            .borrow()
+            .iter()
+            .filter(|(_, p)| matches!(p.slot, Slot::Waiting(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.complete(id, Err(LinkError::LinkLost));
+        }
+    }
+}
+
+/// Removes a request's slot when its waiter goes away, answered or not.
+struct SlotGuard<'a> {
+    inner: &'a LinkInner,
+    id: u32,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let removed = self.inner.pending.borrow_mut().remove(&self.id);
+        if let Some(Pending {
+            slot: Slot::Waiting(_),
+            ..
+        }) = removed
+        {
+            // Given up before an answer: it no longer counts as live.
+            self.inner.deadlines.done();
         }
     }
 }
@@ -141,6 +191,7 @@ impl Link {
             pending: RefCell::new(HashMap::default()),
             next_id: Cell::new(1),
             closed: Cell::new(false),
+            heard: Cell::new(true),
             deadlines,
             cfg,
         };
@@ -180,8 +231,20 @@ impl Link {
     /// A BTP ERROR answer becomes [`LinkError::Remote`].
     pub async fn request(
         &self,
-        mut frame: BytesMut,
+        frame: BytesMut,
         deadline: Option<Instant>,
+    ) -> Result<BtpPacket, LinkError> {
+        let limit = Instant::now() + self.0.cfg.send_timeout;
+        self.request_until(frame, deadline.map_or(limit, |d| d.min(limit)))
+            .await
+    }
+
+    /// As [`Link::request`], with the final deadline computed by the caller (who has already
+    /// applied the send timeout); saves reading the clock.
+    pub async fn request_until(
+        &self,
+        mut frame: BytesMut,
+        at: Instant,
     ) -> Result<BtpPacket, LinkError> {
         let inner = &self.0;
         if inner.closed.get() {
@@ -192,12 +255,16 @@ impl Link {
         }
         let id = self.alloc_id();
         set_request_id(&mut frame, id);
-        let limit = Instant::now() + inner.cfg.send_timeout;
-        let at = deadline.map_or(limit, |d| d.min(limit));
-        let (tx, rx) = oneshot::channel();
         // Register before queueing: the answer may be read before this task runs again.
-        inner.pending.borrow_mut().insert(id, Pending { at, tx });
+        inner.pending.borrow_mut().insert(
+            id,
+            Pending {
+                at,
+                slot: Slot::Waiting(None),
+            },
+        );
         inner.deadlines.add(at, Rc::downgrade(inner), id);
+        let _guard = SlotGuard { inner, id };
         // A full queue makes the caller wait (back-pressure); the deadline still applies.
         if inner
             .out
@@ -205,13 +272,30 @@ impl Link {
             .await
             .is_err()
         {
-            inner.take_pending(id);
             return Err(LinkError::LinkLost);
         }
-        match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(LinkError::LinkLost),
-        }
+        std::future::poll_fn(|cx| {
+            let mut pending = inner.pending.borrow_mut();
+            let Some(p) = pending.get_mut(&id) else {
+                return Poll::Ready(Err(LinkError::LinkLost));
+            };
+            match &mut p.slot {
+                Slot::Waiting(w) => {
+                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *w = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                Slot::Done(_) => match pending.remove(&id) {
+                    Some(Pending {
+                        slot: Slot::Done(r),
+                        ..
+                    }) => Poll::Ready(r),
+                    _ => Poll::Ready(Err(LinkError::LinkLost)),
+                },
+            }
+        })
+        .await
     }
 
     /// Queues a frame (an answer to the peer's request), waiting for room in the queue.
@@ -262,11 +346,39 @@ fn error_frame(request_id: u32, code: &[u8; 3], data: &[u8]) -> Bytes {
 enum Event {
     In(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
     Out(Option<Outbound>),
-    Tick,
 }
 
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 64;
+
+/// The keep-alive task: see the module doc. Ends when the link does.
+async fn keep_alive(
+    link: std::rc::Weak<LinkInner>,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+) {
+    loop {
+        glommio::timer::sleep(ping_interval).await;
+        let Some(inner) = link.upgrade().filter(|i| !i.closed.get()) else {
+            return;
+        };
+        if inner.heard.replace(false) {
+            continue;
+        }
+        let _ = inner.out.try_send(Outbound::Ping);
+        drop(inner);
+        glommio::timer::sleep(pong_timeout).await;
+        let Some(inner) = link.upgrade().filter(|i| !i.closed.get()) else {
+            return;
+        };
+        if !inner.heard.replace(false) {
+            tracing::debug!(nodeId = %inner.cfg.node_id, component = "btp_link", event = "pong_timeout", peer = %inner.peer_id);
+            if inner.out.try_send(Outbound::Close).is_ok() {
+                return;
+            }
+        }
+    }
+}
 
 /// The link task: owns `ws` until the link ends. Returns when the socket closes, fails, the
 /// keep-alive times out, or [`Link::close`] is called.
@@ -279,29 +391,21 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let inner = link.0.clone();
-    let mut last_heard = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
+    glommio::spawn_local(keep_alive(
+        Rc::downgrade(&inner),
+        inner.cfg.ping_interval,
+        inner.cfg.pong_timeout,
+    ))
+    .detach();
     'outer: loop {
-        let tick_at = match ping_sent {
-            Some(t) => t + inner.cfg.pong_timeout,
-            None => last_heard + inner.cfg.ping_interval,
-        };
-        let wait = tick_at.saturating_duration_since(Instant::now());
-        let ev = futures_lite::future::or(
-            futures_lite::future::or(async { Event::In(ws.next().await) }, async {
-                Event::Out(rx.recv().await)
-            }),
-            async {
-                glommio::timer::sleep(wait).await;
-                Event::Tick
-            },
-        )
+        let ev = futures_lite::future::or(async { Event::In(ws.next().await) }, async {
+            Event::Out(rx.recv().await)
+        })
         .await;
         match ev {
             Event::In(None) | Event::In(Some(Err(_))) => break,
             Event::In(Some(Ok(msg))) => {
-                last_heard = Instant::now();
-                ping_sent = None;
+                inner.heard.set(true);
                 match msg {
                     Message::Binary(data) => {
                         if let Some(reply) = handle_frame(&link, data, &handler) {
@@ -325,16 +429,16 @@ pub async fn run<S>(
                 let mut next = Some(first);
                 let mut fed = 0;
                 while let Some(item) = next.take() {
-                    match item {
-                        Outbound::Frame(f) => {
-                            if ws.feed(Message::Binary(f)).await.is_err() {
-                                break 'outer;
-                            }
-                        }
+                    let msg = match item {
+                        Outbound::Frame(f) => Message::Binary(f),
+                        Outbound::Ping => Message::Ping(Bytes::new()),
                         Outbound::Close => {
                             let _ = ws.flush().await;
                             break 'outer;
                         }
+                    };
+                    if ws.feed(msg).await.is_err() {
+                        break 'outer;
                     }
                     fed += 1;
                     if fed < MAX_BATCH {
@@ -344,21 +448,6 @@ pub async fn run<S>(
                 if ws.flush().await.is_err() {
                     break;
                 }
-            }
-            Event::Tick => {
-                if ping_sent.is_some() {
-                    tracing::debug!(
-                        nodeId = %inner.cfg.node_id,
-                        component = "btp_link",
-                        event = "pong_timeout",
-                        peer = %inner.peer_id
-                    );
-                    break;
-                }
-                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
-                ping_sent = Some(Instant::now());
             }
         }
     }
@@ -386,10 +475,7 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<B
     };
     match packet.kind() {
         BtpType::Response | BtpType::Error => {
-            let Some(p) = link.0.take_pending(packet.request_id()) else {
-                tracing::debug!(nodeId = %link.0.cfg.node_id, component = "btp_link", event = "unknown_response", peer = %link.peer_id(), request_id = packet.request_id());
-                return None;
-            };
+            let id = packet.request_id();
             let result = match packet.error() {
                 Some(e) => Err(LinkError::Remote {
                     code: String::from_utf8_lossy(e.code).into_owned(),
@@ -397,7 +483,9 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<B
                 }),
                 None => Ok(packet),
             };
-            let _ = p.tx.send(result);
+            if !link.0.complete(id, result) {
+                tracing::debug!(nodeId = %link.0.cfg.node_id, component = "btp_link", event = "unknown_response", peer = %link.peer_id(), request_id = id);
+            }
             None
         }
         BtpType::Message => {

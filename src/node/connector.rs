@@ -131,7 +131,12 @@ impl ConnectorNode {
         // Handing packets between shards: one bounded SPSC channel per ordered pair.
         let mesh = (n > 1).then(|| MeshBuilder::<Handoff, _>::full(n, 1024));
         let s2 = shared.clone();
-        let threads = LocalExecutorPoolBuilder::new(placement)
+        let mut builder = LocalExecutorPoolBuilder::new(placement);
+        if shared.config.spin_before_park_us > 0 {
+            builder =
+                builder.spin_before_park(Duration::from_micros(shared.config.spin_before_park_us));
+        }
+        let threads = builder
             .on_all_shards(move || {
                 let shared = s2.clone();
                 let port_tx = port_tx.clone();

@@ -83,8 +83,6 @@ pub struct Shard {
     metrics: Arc<ShardMetrics>,
     link_cfg: LinkConfig,
     handoff: Option<Senders<Handoff>>,
-    /// Reused buffer for the rewritten outgoing Prepare.
-    scratch: RefCell<BytesMut>,
 }
 
 impl Shard {
@@ -111,7 +109,6 @@ impl Shard {
             metrics: node.metrics[index].clone(),
             link_cfg,
             handoff,
-            scratch: RefCell::new(BytesMut::with_capacity(1024)),
             node,
         });
         shard.refresh_peers();
@@ -401,8 +398,8 @@ impl Shard {
 
     /// Answers one MESSAGE: returns the RESPONSE frame to send.
     async fn handle_message(&self, source: &str, packet: &BtpPacket) -> Bytes {
-        let mut out = BytesMut::new();
         let Some(ilp) = packet.ilp() else {
+            let mut out = BytesMut::with_capacity(16);
             btpc::encode(&mut out, packet.request_id(), BtpBody::Response, &[]);
             return out.freeze();
         };
@@ -423,39 +420,40 @@ impl Shard {
                 "too many packets in flight on this shard",
             ))
         } else {
-            self.process(source, ilp, cid.as_ref()).await
+            self.process(source, ilp, cid.as_ref(), started).await
         };
-        let code = match answer.first() {
-            Some(&crate::codec::ilp::TYPE_REJECT) => Some(ErrorCode(
-                answer
-                    .get(2..5)
-                    .and_then(|c| c.try_into().ok())
-                    .unwrap_or(*b"???"),
-            )),
-            _ => None,
-        };
-        self.metrics
-            .packet_done(code, started.elapsed().as_micros() as u64);
+        let latency_us = started.elapsed().as_micros() as u64;
+        self.metrics.packet_done(answer.reject, latency_us);
         if let Some(c) = &cid {
             tracing::debug!(nodeId = %self.node.config.node_id, component = "handler", event = "packet_response",
-                correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = code.as_ref().map_or("fulfilled", ErrorCode::as_str),
-                latency_us = started.elapsed().as_micros() as u64);
+                correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = answer.reject.as_ref().map_or("fulfilled", ErrorCode::as_str),
+                latency_us);
         }
+        let mut out = BytesMut::with_capacity(answer.ilp.len() + 32);
         btpc::encode_ilp(
             &mut out,
             btpc::BtpType::Response,
             packet.request_id(),
-            &answer,
+            &answer.ilp,
         );
         out.freeze()
     }
 
-    fn refuse(&self, r: Refusal) -> Bytes {
-        r.encode(self.node.address.as_bytes())
+    fn refuse(&self, r: Refusal) -> Answer {
+        Answer {
+            ilp: r.encode(self.node.address.as_bytes()),
+            reject: Some(r.code),
+        }
     }
 
-    /// Returns the ILP answer (Fulfill or Reject bytes) for one incoming ILP packet.
-    async fn process(&self, source: &str, ilp: Bytes, cid: Option<&[u8; 16]>) -> Bytes {
+    /// The ILP answer (Fulfill or Reject) for one incoming ILP packet received at `started`.
+    async fn process(
+        &self,
+        source: &str,
+        ilp: Bytes,
+        cid: Option<&[u8; 16]>,
+        started: Instant,
+    ) -> Answer {
         let node = &self.node;
         let prepare = match Prepare::decode(ilp) {
             Ok(p) => p,
@@ -489,11 +487,14 @@ impl Shard {
             Decision::Ildcp => {
                 let p = node.peers.get(source);
                 let p = p.as_ref().map(|p| &p.config);
-                return rules::ildcp_fulfill(
-                    &format!("{}.{source}", node.address),
-                    p.map_or(9, |p| p.asset_scale),
-                    p.map_or("XRP", |p| p.asset_code.as_str()),
-                );
+                return Answer {
+                    ilp: rules::ildcp_fulfill(
+                        &format!("{}.{source}", node.address),
+                        p.map_or(9, |p| p.asset_scale),
+                        p.map_or("XRP", |p| p.asset_code.as_str()),
+                    ),
+                    reject: None,
+                };
             }
             Decision::Forward {
                 next_hop,
@@ -516,57 +517,64 @@ impl Shard {
                 }
             },
         };
-        let mut frame = BytesMut::new();
-        {
-            let mut scratch = self.scratch.borrow_mut();
-            scratch.clear();
-            scratch.extend_from_slice(prepare.as_bytes());
-            if rewrite_prepare(&mut scratch, prepare.amount(), expires_at).is_err() {
-                return self.refuse(Refusal::new(
-                    ErrorCode::T00_INTERNAL_ERROR,
-                    "cannot rewrite Prepare",
-                ));
-            }
-            let ilp_entry = ProtocolData {
-                name: b"ilp",
-                content_type: CONTENT_OCTET_STREAM,
-                data: &scratch,
-            };
-            match cid {
-                Some(c) => btpc::encode(
-                    &mut frame,
-                    0,
-                    BtpBody::Message,
-                    &[
-                        ilp_entry,
-                        ProtocolData {
-                            name: CORRELATION_ENTRY,
-                            content_type: btpc::CONTENT_TEXT_UTF8,
-                            data: c,
-                        },
-                    ],
-                ),
-                None => btpc::encode(&mut frame, 0, BtpBody::Message, &[ilp_entry]),
-            }
+        // The Prepare goes last in the frame, so it is patched in place there (no copy).
+        let prepare_bytes = prepare.as_bytes();
+        let mut frame = BytesMut::with_capacity(prepare_bytes.len() + 64);
+        let ilp_entry = ProtocolData {
+            name: b"ilp",
+            content_type: CONTENT_OCTET_STREAM,
+            data: prepare_bytes,
+        };
+        match cid {
+            Some(c) => btpc::encode(
+                &mut frame,
+                0,
+                BtpBody::Message,
+                &[
+                    ProtocolData {
+                        name: CORRELATION_ENTRY,
+                        content_type: btpc::CONTENT_TEXT_UTF8,
+                        data: c,
+                    },
+                    ilp_entry,
+                ],
+            ),
+            None => btpc::encode(&mut frame, 0, BtpBody::Message, &[ilp_entry]),
         }
-        let wait_ms = (expires_at.unix_millis() - Timestamp::now().unix_millis()).max(0) as u64;
-        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        let at = frame.len() - prepare_bytes.len();
+        if rewrite_prepare(&mut frame[at..], prepare.amount(), expires_at).is_err() {
+            return self.refuse(Refusal::new(
+                ErrorCode::T00_INTERNAL_ERROR,
+                "cannot rewrite Prepare",
+            ));
+        }
+        // The earlier of the packet's expiry and the send deadline, from the one clock read.
+        let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) as u64;
+        let deadline = started
+            + Duration::from_millis(wait_ms)
+                .min(Duration::from_millis(node.config.send_timeout_ms));
         if let Some(c) = &cid_str {
             tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_forwarded", correlationId = %c, next_hop = %next_hop, expires_at = %expires_at);
         }
         let result = match via {
-            Ok(link) => link.request(frame, Some(deadline)).await,
+            Ok(link) => link.request_until(frame, deadline).await,
             Err(shard) => self.hand_over(shard, next_hop, frame, deadline).await,
         };
         match result {
             Ok(resp) => match resp.ilp().map(Packet::decode) {
                 Some(Ok(Packet::Fulfill(f))) => {
                     match rules::check_fulfill(prepare.execution_condition(), &f) {
-                        Ok(()) => f.into_bytes(),
+                        Ok(()) => Answer {
+                            ilp: f.into_bytes(),
+                            reject: None,
+                        },
                         Err(r) => self.refuse(r),
                     }
                 }
-                Some(Ok(Packet::Reject(r))) => r.into_bytes(),
+                Some(Ok(Packet::Reject(r))) => Answer {
+                    reject: Some(r.code()),
+                    ilp: r.into_bytes(),
+                },
                 _ => self.refuse(Refusal::new(
                     ErrorCode::T00_INTERNAL_ERROR,
                     "next hop answered without a valid Fulfill or Reject",
@@ -579,4 +587,10 @@ impl Shard {
             )),
         }
     }
+}
+
+/// What a Prepare is answered with: the ILP Fulfill or Reject, and the Reject's code.
+struct Answer {
+    ilp: Bytes,
+    reject: Option<ErrorCode>,
 }
