@@ -14,6 +14,11 @@
 //! did, it queues a ping, and if nothing arrives within `pong_timeout` after that, it closes
 //! the link. (So a ping goes out after between one and two intervals of silence.)
 //!
+//! Frame buffers are recycled: the link task keeps a handle to each frame it writes, and once
+//! tungstenite has copied it into the socket buffer the handle is the only one left, so the
+//! buffer goes back to the link's spare list ([`Link::frame_buf`]). In steady state, frames
+//! cost no allocation.
+//!
 //! A pending request is a slot in the link's map (no channel is allocated per request): the
 //! answer is stored in the slot and the waiting task woken; the waiter removes the slot.
 //! When the task ends, every request still pending completes at once with
@@ -98,6 +103,8 @@ pub(crate) struct LinkInner {
     closed: Cell<bool>,
     /// Set by every incoming frame, cleared by the keep-alive task.
     heard: Cell<bool>,
+    /// Written frames' buffers, ready for reuse.
+    spare: RefCell<Vec<BytesMut>>,
     deadlines: Rc<Deadlines>,
     cfg: LinkConfig,
 }
@@ -192,6 +199,7 @@ impl Link {
             next_id: Cell::new(1),
             closed: Cell::new(false),
             heard: Cell::new(true),
+            spare: RefCell::new(Vec::new()),
             deadlines,
             cfg,
         };
@@ -212,6 +220,23 @@ impl Link {
 
     pub fn pending_count(&self) -> usize {
         self.0.pending.borrow().len()
+    }
+
+    /// An empty buffer for a frame to send on this link (recycled when there is one).
+    pub fn frame_buf(&self, capacity: usize) -> BytesMut {
+        match self.0.spare.borrow_mut().pop() {
+            Some(mut b) => {
+                b.reserve(capacity);
+                b
+            }
+            None => {
+                let mut b = BytesMut::with_capacity(capacity.max(MIN_FRAME_BUF));
+                // Make it a shared buffer now (one allocation, once): then handing it to the
+                // socket as `Bytes`, keeping a clone and taking it back costs no allocation.
+                drop(b.split_to(0));
+                b
+            }
+        }
     }
 
     fn alloc_id(&self) -> u32 {
@@ -351,6 +376,12 @@ enum Event {
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 64;
 
+/// Smallest new frame buffer (a typical Prepare frame fits, so recycled buffers rarely grow).
+const MIN_FRAME_BUF: usize = 512;
+
+/// Most spare buffers a link keeps.
+const MAX_SPARE: usize = 1024;
+
 /// The keep-alive task: see the module doc. Ends when the link does.
 async fn keep_alive(
     link: std::rc::Weak<LinkInner>,
@@ -429,9 +460,9 @@ pub async fn run<S>(
                 let mut next = Some(first);
                 let mut fed = 0;
                 while let Some(item) = next.take() {
-                    let msg = match item {
-                        Outbound::Frame(f) => Message::Binary(f),
-                        Outbound::Ping => Message::Ping(Bytes::new()),
+                    let (msg, written) = match item {
+                        Outbound::Frame(f) => (Message::Binary(f.clone()), Some(f)),
+                        Outbound::Ping => (Message::Ping(Bytes::new()), None),
                         Outbound::Close => {
                             let _ = ws.flush().await;
                             break 'outer;
@@ -439,6 +470,14 @@ pub async fn run<S>(
                     };
                     if ws.feed(msg).await.is_err() {
                         break 'outer;
+                    }
+                    // tungstenite copied the frame: ours is the last handle, reuse the buffer.
+                    if let Some(Ok(mut buf)) = written.map(Bytes::try_into_mut) {
+                        let mut spare = inner.spare.borrow_mut();
+                        if spare.len() < MAX_SPARE {
+                            buf.clear();
+                            spare.push(buf);
+                        }
                     }
                     fed += 1;
                     if fed < MAX_BATCH {

@@ -2,7 +2,8 @@
 //! Everything here lives on one glommio executor thread (`Rc`, `RefCell`, no locks).
 //!
 //! Tasks per shard: the accept loop, one dial loop per peer with a `url` (each shard holds its
-//! own outgoing link to such peers), one task per link, one per packet being handled, the
+//! own outgoing link to such peers), one task per link, a pool of packet workers (grown when
+//! every worker is busy, shrunk when many are idle: no task is spawned per packet), the
 //! deadline driver, the peer watcher (runtime add/remove) and one receiver per other shard for
 //! packets handed over.
 //!
@@ -11,7 +12,7 @@
 //! to a shard that has one, and that shard sends the answer back through a oneshot channel.
 //! No link anywhere → T01 at once. More than `maxInFlightPerShard` Prepares at once → T03.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::connector::NodeShared;
@@ -55,6 +57,20 @@ pub struct Handoff {
 /// The shard's ends of the node's channel mesh (absent with one shard).
 pub type Mesh = (Senders<Handoff>, Receivers<Handoff>);
 
+/// Idle workers beyond this many end (the pool shrinks back after a burst).
+const MAX_IDLE_WORKERS: usize = 256;
+
+type Job = (Link, BtpPacket);
+
+/// The shard's packet workers: jobs in an unbounded local queue, `idle` workers waiting on
+/// it, `queued` jobs not yet taken (a worker is spawned when jobs outnumber idle workers).
+struct Workers {
+    tx: LocalSender<Job>,
+    rx: LocalReceiver<Job>,
+    idle: Cell<usize>,
+    queued: Cell<usize>,
+}
+
 /// A live link and the peer entry it was counted on.
 struct PeerLink {
     link: Link,
@@ -83,6 +99,7 @@ pub struct Shard {
     metrics: Arc<ShardMetrics>,
     link_cfg: LinkConfig,
     handoff: Option<Senders<Handoff>>,
+    workers: Workers,
 }
 
 impl Shard {
@@ -109,6 +126,15 @@ impl Shard {
             metrics: node.metrics[index].clone(),
             link_cfg,
             handoff,
+            workers: {
+                let (tx, rx) = local_channel::new_unbounded();
+                Workers {
+                    tx,
+                    rx,
+                    idle: Cell::new(0),
+                    queued: Cell::new(0),
+                }
+            },
             node,
         });
         shard.refresh_peers();
@@ -174,16 +200,40 @@ impl Shard {
         }
     }
 
+    /// Every incoming MESSAGE becomes a job for the shard's workers; a worker is added only
+    /// when none is free, so in steady state no task is spawned per packet.
     fn handler(self: &Rc<Self>) -> IncomingHandler {
         let shard = self.clone();
         Rc::new(move |link: Link, packet: BtpPacket| {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let reply = shard.handle_message(link.peer_id(), &packet).await;
-                let _ = link.send(reply).await;
-            })
-            .detach();
+            let w = &shard.workers;
+            // The queue is unbounded (its buffer grows to the peak and stays), so this only
+            // fails once the shard is gone.
+            if w.tx.try_send((link, packet)).is_err() {
+                return;
+            }
+            w.queued.set(w.queued.get() + 1);
+            if w.queued.get() > w.idle.get() {
+                w.idle.set(w.idle.get() + 1);
+                glommio::spawn_local(shard.clone().worker()).detach();
+            }
         })
+    }
+
+    /// Takes jobs until there are more than enough idle workers.
+    async fn worker(self: Rc<Self>) {
+        while let Some((link, packet)) = self.workers.rx.recv().await {
+            let w = &self.workers;
+            w.queued.set(w.queued.get() - 1);
+            w.idle.set(w.idle.get() - 1);
+            let reply = self.handle_message(&link, &packet).await;
+            let _ = link.send(reply).await;
+            drop((link, packet));
+            let w = &self.workers;
+            if w.idle.get() >= MAX_IDLE_WORKERS {
+                return;
+            }
+            w.idle.set(w.idle.get() + 1);
+        }
     }
 
     /// Runs the shard until the node stops: serve, dial, then drain and close.
@@ -397,7 +447,8 @@ impl Shard {
     }
 
     /// Answers one MESSAGE: returns the RESPONSE frame to send.
-    async fn handle_message(&self, source: &str, packet: &BtpPacket) -> Bytes {
+    async fn handle_message(&self, link: &Link, packet: &BtpPacket) -> Bytes {
+        let source = link.peer_id();
         let Some(ilp) = packet.ilp() else {
             let mut out = BytesMut::with_capacity(16);
             btpc::encode(&mut out, packet.request_id(), BtpBody::Response, &[]);
@@ -429,7 +480,7 @@ impl Shard {
                 correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = answer.reject.as_ref().map_or("fulfilled", ErrorCode::as_str),
                 latency_us);
         }
-        let mut out = BytesMut::with_capacity(answer.ilp.len() + 32);
+        let mut out = link.frame_buf(answer.ilp.len() + 32);
         btpc::encode_ilp(
             &mut out,
             btpc::BtpType::Response,
@@ -519,7 +570,11 @@ impl Shard {
         };
         // The Prepare goes last in the frame, so it is patched in place there (no copy).
         let prepare_bytes = prepare.as_bytes();
-        let mut frame = BytesMut::with_capacity(prepare_bytes.len() + 64);
+        let frame_len = prepare_bytes.len() + 64;
+        let mut frame = match &via {
+            Ok(link) => link.frame_buf(frame_len),
+            Err(_) => BytesMut::with_capacity(frame_len),
+        };
         let ilp_entry = ProtocolData {
             name: b"ilp",
             content_type: CONTENT_OCTET_STREAM,
