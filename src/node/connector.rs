@@ -204,7 +204,18 @@ impl ConnectorNode {
                         reason,
                     });
                 }
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // A shard thread ended before binding: its executor could not start
+                    // (e.g. RLIMIT_MEMLOCK below what io_uring needs). Report why.
+                    shared.stopping.store(true, Ordering::SeqCst);
+                    let reason = threads
+                        .join_all()
+                        .into_iter()
+                        .find_map(|r| r.err().map(|e| e.to_string()))
+                        .unwrap_or_else(|| "a shard exited during start".into());
+                    return Err(StartError::Executor(reason));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     shared.stopping.store(true, Ordering::SeqCst);
                     return Err(StartError::Executor("shards did not start in time".into()));
                 }
