@@ -58,38 +58,32 @@ impl Fulfiller {
         let (tx, rx) = std::sync::mpsc::channel();
         let creds = vec![Credential::new(user, token)];
         let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                .make()
-                .expect("executor");
-            ex.run(async move {
-                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                let _ = tx.send(listener.local_addr().map(|a| a.port()).unwrap_or(0));
-                let deadlines = Deadlines::new();
-                let creds = Rc::new(creds);
-                loop {
-                    let next =
-                        futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                            while !stop2.load(Ordering::Relaxed) {
-                                glommio::timer::sleep(Duration::from_millis(20)).await;
-                            }
-                            None
-                        })
-                        .await;
-                    let Some(Ok(stream)) = next else { break };
-                    let (creds, deadlines) = (creds.clone(), deadlines.clone());
-                    glommio::spawn_local(async move {
-                        let Ok((peer, ws)) =
-                            accept_peer(stream, &creds, Duration::from_secs(5)).await
-                        else {
-                            return;
-                        };
-                        let (link, rx) = Link::new(&peer, LinkConfig::default(), deadlines);
-                        link::run(ws, link, rx, answer_handler(mode)).await;
+        let thread = executor_thread(move || async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let _ = tx.send(listener.local_addr().map(|a| a.port()).unwrap_or(0));
+            let deadlines = Deadlines::new();
+            let creds = Rc::new(creds);
+            loop {
+                let next =
+                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                        while !stop2.load(Ordering::Relaxed) {
+                            glommio::timer::sleep(Duration::from_millis(20)).await;
+                        }
+                        None
                     })
-                    .detach();
-                }
-            });
+                    .await;
+                let Some(Ok(stream)) = next else { break };
+                let (creds, deadlines) = (creds.clone(), deadlines.clone());
+                glommio::spawn_local(async move {
+                    let Ok((peer, ws)) = accept_peer(stream, &creds, Duration::from_secs(5)).await
+                    else {
+                        return;
+                    };
+                    let (link, rx) = Link::new(&peer, LinkConfig::default(), deadlines);
+                    link::run(ws, link, rx, answer_handler(mode)).await;
+                })
+                .detach();
+            }
         });
         let port = rx.recv_timeout(Duration::from_secs(10)).unwrap_or(0);
         Fulfiller {
@@ -106,37 +100,32 @@ impl Fulfiller {
         let (tx, rx) = std::sync::mpsc::channel();
         let (url, user, token) = (url.to_owned(), user.to_owned(), token.to_owned());
         let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                .make()
-                .expect("executor");
-            ex.run(async move {
-                let target = match parse_url(&url) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = tx.send(Err(LinkError::Connect(e)));
-                        return;
-                    }
-                };
-                let ws = match dial(&target, &user, &token, Duration::from_secs(5)).await {
-                    Ok(ws) => ws,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(()));
-                let (link, rx) = Link::new("connector", LinkConfig::default(), Deadlines::new());
-                let closer = link.clone();
-                glommio::spawn_local(async move {
-                    while !stop2.load(Ordering::Relaxed) && closer.is_open() {
-                        glommio::timer::sleep(Duration::from_millis(20)).await;
-                    }
-                    closer.close();
-                })
-                .detach();
-                link::run(ws, link, rx, answer_handler(mode)).await;
-            });
+        let thread = executor_thread(move || async move {
+            let target = match parse_url(&url) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send(Err(LinkError::Connect(e)));
+                    return;
+                }
+            };
+            let ws = match dial(&target, &user, &token, Duration::from_secs(5)).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            let (link, rx) = Link::new("connector", LinkConfig::default(), Deadlines::new());
+            let closer = link.clone();
+            glommio::spawn_local(async move {
+                while !stop2.load(Ordering::Relaxed) && closer.is_open() {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+                closer.close();
+            })
+            .detach();
+            link::run(ws, link, rx, answer_handler(mode)).await;
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Fulfiller {
@@ -255,6 +244,19 @@ impl SenderLink {
             .ok_or_else(|| LinkError::Protocol("answer without ilp entry".into()))?;
         Packet::decode(bytes).map_err(|e| LinkError::Protocol(e.to_string()))
     }
+}
+
+/// A thread running `f` on its own glommio executor until the future ends.
+fn executor_thread<F>(f: impl FnOnce() -> F + Send + 'static) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    std::thread::spawn(move || {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor");
+        ex.run(f());
+    })
 }
 
 /// Runs `f` on a fresh single-thread glommio executor and returns its result.

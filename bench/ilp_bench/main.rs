@@ -55,6 +55,33 @@ struct Timing {
     progress: bool,
 }
 
+impl Timing {
+    /// A load run with these timings.
+    fn load(
+        &self,
+        url: String,
+        user: String,
+        token: String,
+        destination: String,
+        concurrency: usize,
+        links: usize,
+    ) -> load::Load {
+        load::Load {
+            url,
+            user,
+            token,
+            destination,
+            concurrency,
+            links,
+            data_size: self.data_size,
+            warmup: Duration::from_secs_f64(self.warmup),
+            duration: Duration::from_secs_f64(self.duration),
+            count: self.count,
+            progress: self.progress,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// The standard scenarios, side by side.
@@ -166,19 +193,7 @@ fn main() -> ExitCode {
             label,
             json,
         } => {
-            let spec = load::Load {
-                url,
-                user,
-                token,
-                destination,
-                concurrency,
-                links,
-                data_size: timing.data_size,
-                warmup: Duration::from_secs_f64(timing.warmup),
-                duration: Duration::from_secs_f64(timing.duration),
-                count: timing.count,
-                progress: timing.progress,
-            };
+            let spec = timing.load(url, user, token, destination, concurrency, links);
             measure(&label, hops, 0, spec, &pid, timing.sender_core).map(|row| {
                 print_table(std::slice::from_ref(&row));
                 if json {
@@ -342,26 +357,70 @@ fn start_connector(bin: &PathBuf, name: &str, yaml: String) -> Result<(Proc, u16
     spawn_with_port(cmd, name)
 }
 
-/// Config of one connector in the chain; `next` is (peer id, url, token) of the next hop.
-fn connector_yaml(
-    id: &str,
-    address: &str,
-    shards: usize,
-    spin_us: u64,
-    next: (&str, &str, &str),
-    child_next: bool,
-    upstream: (&str, &str),
-) -> String {
-    let relation = if child_next { "child" } else { "peer" };
-    let route = if child_next {
-        String::new()
-    } else {
-        format!("routes:\n  - {{prefix: test, nextHop: {}}}\n", next.0)
-    };
-    format!(
-        "nodeId: {id}\nilpAddress: {address}\nbtpServerPort: 0\nshards: {shards}\nspinBeforeParkUs: {spin_us}\nlogLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {relation}, url: \"{}\", authToken: {}}}\n{route}",
-        upstream.0, upstream.1, next.0, next.1, next.2
-    )
+/// A chain of connector processes: sender → A → … → last → fulfiller (child `receiver` of
+/// the last). Each node dials the next; `sender` is a child of A with token `bench-token`.
+struct Chain {
+    // Field order is drop order: connectors stop before the fulfiller.
+    procs: Vec<Proc>,
+    _fulfiller: Fulfiller,
+    /// A's BTP port.
+    port: u16,
+    destination: String,
+}
+
+impl Chain {
+    fn start(bin: &PathBuf, hops: u32, shards: usize, spin_us: u64) -> Result<Chain, String> {
+        let names: Vec<char> = ('a'..='z').take(hops as usize).collect();
+        let last = *names.last().ok_or("at least one hop")?;
+        let fulfiller = Fulfiller::start(&format!("connector-{last}"), "secret-r", Mode::Fulfill);
+        let mut procs = Vec::new();
+        // Start from the last node, so each node's next hop is already listening.
+        let mut next: (String, String, String, bool) =
+            ("receiver".into(), fulfiller.url(), "secret-r".into(), true);
+        let mut port = 0;
+        for (i, n) in names.iter().enumerate().rev() {
+            let upstream = match i {
+                0 => ("sender".to_owned(), "bench-token".to_owned()),
+                _ => {
+                    let prev = names[i - 1];
+                    (format!("connector-{prev}"), format!("secret-{prev}{n}"))
+                }
+            };
+            let yaml = format!(
+                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\nshards: {shards}\nspinBeforeParkUs: {spin_us}\nlogLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}}}\n{}",
+                upstream.0,
+                upstream.1,
+                next.0,
+                if next.3 { "child" } else { "peer" },
+                next.1,
+                next.2,
+                if next.3 {
+                    String::new()
+                } else {
+                    format!("routes:\n  - {{prefix: test, nextHop: {}}}\n", next.0)
+                },
+            );
+            let (proc, p) = start_connector(bin, &n.to_string(), yaml)?;
+            procs.push(proc);
+            port = p;
+            next = (
+                format!("connector-{n}"),
+                format!("ws://127.0.0.1:{p}"),
+                upstream.1,
+                false,
+            );
+        }
+        Ok(Chain {
+            procs,
+            _fulfiller: fulfiller,
+            port,
+            destination: format!("test.{last}.receiver.bench"),
+        })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.0.id()).collect()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -387,19 +446,7 @@ fn scenarios(
     }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let spec = |url: String, user: &str, token: &str, destination: &str, c: usize, links: usize| {
-        load::Load {
-            url,
-            user: user.into(),
-            token: token.into(),
-            destination: destination.into(),
-            concurrency: c,
-            links,
-            data_size: timing.data_size,
-            warmup: Duration::from_secs_f64(timing.warmup),
-            duration: Duration::from_secs_f64(timing.duration),
-            count: timing.count,
-            progress: timing.progress,
-        }
+        timing.load(url, user.into(), token.into(), destination.into(), c, links)
     };
     let mut rows = Vec::new();
     for &c in concurrency {
@@ -438,104 +485,16 @@ fn scenarios(
             rows.push(row);
         }
         for &s in shards {
-            // 1 hop: sender → A → fulfiller.
-            {
-                let f = Fulfiller::start("connector-a", "secret-ar", Mode::Fulfill);
-                let (a, port) = start_connector(
-                    &bin,
-                    "a",
-                    connector_yaml(
-                        "connector-a",
-                        "test.a",
-                        s,
-                        spin_us,
-                        ("receiver", &f.url(), "secret-ar"),
-                        true,
-                        ("sender", "bench-token"),
-                    ),
-                )?;
-                eprintln!("1 hop, {s} shard(s), concurrency {c}");
+            for hops in [1, 3] {
+                let chain = Chain::start(&bin, hops, s, spin_us)?;
+                eprintln!("{hops} hop(s), {s} shard(s), concurrency {c}");
+                let url = format!("ws://127.0.0.1:{}", chain.port);
                 let row = measure(
-                    "1-hop",
-                    1,
+                    &format!("{hops}-hop"),
+                    hops,
                     s,
-                    spec(
-                        format!("ws://127.0.0.1:{port}"),
-                        "sender",
-                        "bench-token",
-                        "test.a.receiver.bench",
-                        c,
-                        s,
-                    ),
-                    &[a.0.id()],
-                    timing.sender_core,
-                )?;
-                rows.push(row);
-            }
-            // 3 hops: sender → A → B → C → fulfiller.
-            {
-                let f = Fulfiller::start("connector-c", "secret-cr", Mode::Fulfill);
-                let (cc, c_port) = start_connector(
-                    &bin,
-                    "c",
-                    connector_yaml(
-                        "connector-c",
-                        "test.c",
-                        s,
-                        spin_us,
-                        ("receiver", &f.url(), "secret-cr"),
-                        true,
-                        ("connector-b", "secret-bc"),
-                    ),
-                )?;
-                let (b, b_port) = start_connector(
-                    &bin,
-                    "b",
-                    connector_yaml(
-                        "connector-b",
-                        "test.b",
-                        s,
-                        spin_us,
-                        (
-                            "connector-c",
-                            &format!("ws://127.0.0.1:{c_port}"),
-                            "secret-bc",
-                        ),
-                        false,
-                        ("connector-a", "secret-ab"),
-                    ),
-                )?;
-                let (a, a_port) = start_connector(
-                    &bin,
-                    "a",
-                    connector_yaml(
-                        "connector-a",
-                        "test.a",
-                        s,
-                        spin_us,
-                        (
-                            "connector-b",
-                            &format!("ws://127.0.0.1:{b_port}"),
-                            "secret-ab",
-                        ),
-                        false,
-                        ("sender", "bench-token"),
-                    ),
-                )?;
-                eprintln!("3 hops, {s} shard(s), concurrency {c}");
-                let row = measure(
-                    "3-hop",
-                    3,
-                    s,
-                    spec(
-                        format!("ws://127.0.0.1:{a_port}"),
-                        "sender",
-                        "bench-token",
-                        "test.c.receiver.bench",
-                        c,
-                        s,
-                    ),
-                    &[a.0.id(), b.0.id(), cc.0.id()],
+                    spec(url, "sender", "bench-token", &chain.destination, c, s),
+                    &chain.pids(),
                     timing.sender_core,
                 )?;
                 rows.push(row);
