@@ -193,3 +193,140 @@ fn unanswered_ping_closes_the_link() {
         assert!(!l.is_open());
     });
 }
+
+/// A server that answers every request after `delay_ms` (from the request's data), or never
+/// when the data says 0, and closes the socket when a request carries `close`.
+fn spawn_slow_server() -> u16 {
+    let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    glommio::spawn_local(async move {
+        let creds = Rc::new(vec![Credential::new("client", "tok")]);
+        while let Ok(stream) = listener.accept().await {
+            let creds = creds.clone();
+            glommio::spawn_local(async move {
+                let Ok((peer, ws)) = accept_peer(stream, &creds, Duration::from_secs(5)).await
+                else {
+                    return;
+                };
+                let (l, rx) = Link::new(&peer, LinkConfig::default(), Deadlines::new());
+                let handler: IncomingHandler = Rc::new(|link: Link, p: BtpPacket| {
+                    let prepare = Prepare::decode(p.ilp().unwrap()).unwrap();
+                    if prepare.data() == b"close" {
+                        link.close();
+                        return;
+                    }
+                    let delay = u64::from_be_bytes(prepare.data().try_into().unwrap());
+                    if delay == 0 {
+                        return;
+                    }
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(Duration::from_millis(delay)).await;
+                        let mut ilp = BytesMut::new();
+                        FulfillFields {
+                            fulfillment: &[0; 32],
+                            data: prepare.data(),
+                        }
+                        .encode(&mut ilp);
+                        let mut frame = BytesMut::new();
+                        btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &ilp);
+                        let _ = link.send(frame.freeze()).await;
+                    })
+                    .detach();
+                });
+                link::run(ws, l, rx, handler).await;
+            })
+            .detach();
+        }
+    })
+    .detach();
+    port
+}
+
+/// A request's deadline passes first: it completes with Timeout on time; the answer that
+/// comes later is dropped (it does not complete any other request), and the link goes on.
+#[test]
+fn deadline_then_late_answer_is_ignored() {
+    run_local(|| async {
+        let port = spawn_slow_server();
+        let s = SenderLink::connect(&format!("ws://127.0.0.1:{port}"), "client", "tok")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let mut frame = BytesMut::new();
+        let mut ilp = BytesMut::new();
+        ilp_connector::codec::PrepareFields {
+            amount: 1,
+            expires_at: ilp_connector::codec::Timestamp::now().add_millis(30_000),
+            execution_condition: &[0; 32],
+            destination: b"test.x",
+            data: &400u64.to_be_bytes(),
+        }
+        .encode(&mut ilp);
+        btp::encode_ilp(&mut frame, BtpType::Message, 0, &ilp);
+        let err = s
+            .link
+            .request(frame, Some(Instant::now() + Duration::from_millis(100)))
+            .await
+            .unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(err, LinkError::Timeout);
+        assert!(
+            took >= Duration::from_millis(90) && took < Duration::from_millis(300),
+            "timed out after {took:?}"
+        );
+        // The late answer (at ~400 ms) arrives while this request waits; it must not be
+        // taken for this one, which gets its own answer (echoing 600).
+        let p = s
+            .send_raw(&{
+                let mut ilp = BytesMut::new();
+                ilp_connector::codec::PrepareFields {
+                    amount: 1,
+                    expires_at: ilp_connector::codec::Timestamp::now().add_millis(30_000),
+                    execution_condition: &[0; 32],
+                    destination: b"test.x",
+                    data: &600u64.to_be_bytes(),
+                }
+                .encode(&mut ilp);
+                ilp
+            })
+            .await
+            .unwrap();
+        match p {
+            Packet::Fulfill(f) => assert_eq!(f.data(), 600u64.to_be_bytes()),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_millis(600));
+    });
+}
+
+/// The far side goes away with 200 requests in flight: every one completes at once with
+/// LinkLost, long before the 10 s send deadline.
+#[test]
+fn link_loss_fails_every_pending_request_at_once() {
+    run_local(|| async {
+        let port = spawn_slow_server();
+        let s = Rc::new(
+            SenderLink::connect(&format!("ws://127.0.0.1:{port}"), "client", "tok")
+                .await
+                .unwrap(),
+        );
+        let t = Instant::now();
+        let waiting: Vec<_> = (0..200)
+            .map(|_| {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    // Never answered (delay 0).
+                    s.send("test.x", 1, 30_000, &0u64.to_be_bytes()).await
+                })
+            })
+            .collect();
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        assert_eq!(s.link.pending_count(), 200);
+        let _ = s.send("test.x", 1, 30_000, b"close").await;
+        for w in waiting {
+            assert_eq!(w.await.unwrap_err(), LinkError::LinkLost);
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(!s.link.is_open());
+    });
+}

@@ -50,7 +50,7 @@ struct Timing {
     /// Pin the sender's executor to this core.
     #[arg(long)]
     sender_core: Option<usize>,
-    /// Print progress every second.
+    /// Print progress every second (always on for measured phases of 10 s or more).
     #[arg(long)]
     progress: bool,
 }
@@ -77,7 +77,7 @@ impl Timing {
             warmup: Duration::from_secs_f64(self.warmup),
             duration: Duration::from_secs_f64(self.duration),
             count: self.count,
-            progress: self.progress,
+            progress: self.progress || self.count.is_none() && self.duration >= 10.0,
         }
     }
 }
@@ -103,6 +103,9 @@ enum Cmd {
         /// `spinBeforeParkUs` for the connectors (0 = park at once).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// Pin each connector's shards to cores 0..shards (`cores:` instead of `shards:`).
+        #[arg(long)]
+        pin: bool,
     },
     /// One load run against a BTP endpoint.
     Load {
@@ -179,7 +182,11 @@ fn main() -> ExitCode {
             concurrency,
             shards,
             spin_us,
-        } => scenarios(&timing, connector, &json, &concurrency, &shards, spin_us),
+            pin,
+        } => {
+            let node = NodeOptions { spin_us, pin };
+            scenarios(&timing, connector, &json, &concurrency, &shards, node)
+        }
         Cmd::Load {
             timing,
             url,
@@ -357,6 +364,26 @@ fn start_connector(bin: &PathBuf, name: &str, yaml: String) -> Result<(Proc, u16
     spawn_with_port(cmd, name)
 }
 
+/// How the scenario connectors run.
+#[derive(Clone, Copy)]
+struct NodeOptions {
+    spin_us: u64,
+    pin: bool,
+}
+
+impl NodeOptions {
+    /// The `shards:`/`cores:` and spinning lines of a config.
+    fn yaml(&self, shards: usize) -> String {
+        let placement = if self.pin {
+            let cores: Vec<String> = (0..shards).map(|c| c.to_string()).collect();
+            format!("cores: [{}]", cores.join(", "))
+        } else {
+            format!("shards: {shards}")
+        };
+        format!("{placement}\nspinBeforeParkUs: {}\n", self.spin_us)
+    }
+}
+
 /// A chain of connector processes: sender → A → … → last → fulfiller (child `receiver` of
 /// the last). Each node dials the next; `sender` is a child of A with token `bench-token`.
 struct Chain {
@@ -369,7 +396,7 @@ struct Chain {
 }
 
 impl Chain {
-    fn start(bin: &PathBuf, hops: u32, shards: usize, spin_us: u64) -> Result<Chain, String> {
+    fn start(bin: &PathBuf, hops: u32, shards: usize, node: NodeOptions) -> Result<Chain, String> {
         let names: Vec<char> = ('a'..='z').take(hops as usize).collect();
         let last = *names.last().ok_or("at least one hop")?;
         let fulfiller = Fulfiller::start(&format!("connector-{last}"), "secret-r", Mode::Fulfill);
@@ -387,7 +414,8 @@ impl Chain {
                 }
             };
             let yaml = format!(
-                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\nshards: {shards}\nspinBeforeParkUs: {spin_us}\nlogLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}}}\n{}",
+                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\n{}logLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}}}\n{}",
+                node.yaml(shards),
                 upstream.0,
                 upstream.1,
                 next.0,
@@ -423,14 +451,13 @@ impl Chain {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn scenarios(
     timing: &Timing,
     connector: Option<PathBuf>,
     json: &PathBuf,
     concurrency: &[usize],
     shards: &[usize],
-    spin_us: u64,
+    node: NodeOptions,
 ) -> Result<(), String> {
     let bin = match connector {
         Some(b) => b,
@@ -486,7 +513,7 @@ fn scenarios(
         }
         for &s in shards {
             for hops in [1, 3] {
-                let chain = Chain::start(&bin, hops, s, spin_us)?;
+                let chain = Chain::start(&bin, hops, s, node)?;
                 eprintln!("{hops} hop(s), {s} shard(s), concurrency {c}");
                 let url = format!("ws://127.0.0.1:{}", chain.port);
                 let row = measure(
