@@ -379,8 +379,10 @@ const MAX_BATCH: usize = 64;
 /// Smallest new frame buffer (a typical Prepare frame fits, so recycled buffers rarely grow).
 const MIN_FRAME_BUF: usize = 512;
 
-/// Most spare buffers a link keeps.
-const MAX_SPARE: usize = 1024;
+/// Most spare buffers a link keeps, and the largest one it keeps (bigger ones, e.g. after a
+/// long Reject, are freed): at most 1 MiB held per link.
+const MAX_SPARE: usize = 256;
+const MAX_SPARE_CAPACITY: usize = 4096;
 
 /// The keep-alive task: see the module doc. Ends when the link does.
 async fn keep_alive(
@@ -474,7 +476,7 @@ pub async fn run<S>(
                     // tungstenite copied the frame: ours is the last handle, reuse the buffer.
                     if let Some(Ok(mut buf)) = written.map(Bytes::try_into_mut) {
                         let mut spare = inner.spare.borrow_mut();
-                        if spare.len() < MAX_SPARE {
+                        if spare.len() < MAX_SPARE && buf.capacity() <= MAX_SPARE_CAPACITY {
                             buf.clear();
                             spare.push(buf);
                         }

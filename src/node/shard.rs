@@ -223,8 +223,8 @@ impl Shard {
     async fn worker(self: Rc<Self>) {
         while let Some((link, packet)) = self.workers.rx.recv().await {
             let w = &self.workers;
-            w.queued.set(w.queued.get() - 1);
-            w.idle.set(w.idle.get() - 1);
+            w.queued.set(w.queued.get().saturating_sub(1));
+            w.idle.set(w.idle.get().saturating_sub(1));
             let reply = self.handle_message(&link, &packet).await;
             let _ = link.send(reply).await;
             drop((link, packet));
