@@ -33,10 +33,20 @@ fn one_correlation_id_in_all_three_nodes_logs() {
         s.send_raw(&prepare).await.unwrap()
     });
     assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");
-    // The last hop's response line is written before A's; give the writers a moment.
-    std::thread::sleep(Duration::from_millis(50));
-
-    let lines = logs.lines();
+    // A logs its packet_response after the answer is queued to the sender: wait for it.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = logs.lines();
+        let done = lines.iter().any(|l| {
+            l["correlationId"] == expected_id.as_str()
+                && l["nodeId"] == "connector-a"
+                && l["event"] == "packet_response"
+        });
+        if done || std::time::Instant::now() > until {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let with_id: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["correlationId"] == expected_id.as_str())
