@@ -195,3 +195,64 @@ fn peers_added_and_removed_at_runtime() {
     assert!(Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).is_err());
     drop(g);
 }
+
+/// Packets waiting on a silent next hop do not hold up others: the shard's worker pool grows
+/// with the packets in flight (no head-of-line blocking behind slow answers).
+#[test]
+fn slow_next_hop_does_not_block_others() {
+    let slow = Fulfiller::start("n", "secret-slow", Mode::Silent);
+    let fast = Fulfiller::start("n", "secret-fast", Mode::Fulfill);
+    let node = start(&format!(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nsendTimeoutMs: 3000\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: slow, relation: child, url: \"{}\", authToken: secret-slow}}\n  - {{id: fast, relation: child, url: \"{}\", authToken: secret-fast}}\n",
+        slow.url(),
+        fast.url()
+    ));
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let (fast_codes, fast_took, slow_codes) = run_local(move || async move {
+        let s = std::rc::Rc::new(
+            SenderLink::connect(&url, "sender", "secret-s")
+                .await
+                .unwrap(),
+        );
+        let slow: Vec<_> = (0..300)
+            .map(|_| {
+                let s = s.clone();
+                glommio::spawn_local(async move { s.send("test.n.slow.x", 1, 30_000, b"s").await })
+            })
+            .collect();
+        // Wait until the slow packets are all in flight at the node.
+        let until = Instant::now() + Duration::from_secs(5);
+        while s.link.pending_count() < 300 {
+            assert!(Instant::now() < until, "slow packets never got in flight");
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let t = Instant::now();
+        let fast: Vec<_> = (0..300)
+            .map(|_| {
+                let s = s.clone();
+                glommio::spawn_local(async move { s.send("test.n.fast.x", 1, 30_000, b"f").await })
+            })
+            .collect();
+        let mut fast_codes = Vec::new();
+        for f in fast {
+            fast_codes.push(code(&f.await.unwrap()));
+        }
+        let fast_took = t.elapsed();
+        let mut slow_codes = Vec::new();
+        for f in slow {
+            slow_codes.push(code(&f.await.unwrap()));
+        }
+        (fast_codes, fast_took, slow_codes)
+    });
+    assert!(
+        fast_codes.iter().all(|c| c == "fulfilled"),
+        "{fast_codes:?}"
+    );
+    assert!(
+        fast_took < Duration::from_secs(2),
+        "fast packets waited behind slow ones: {fast_took:?}"
+    );
+    // The slow ones end with the send deadline (T00), each exactly once.
+    assert_eq!(slow_codes.len(), 300);
+    assert!(slow_codes.iter().all(|c| c == "T00"), "{slow_codes:?}");
+}
