@@ -431,6 +431,11 @@ pub async fn run<S>(
     ))
     .detach();
     'outer: loop {
+        // `Link::close` also queues a Close, but a full queue may not take it.
+        if inner.closed.get() {
+            let _ = ws.flush().await;
+            break;
+        }
         let ev = futures_lite::future::or(async { Event::In(ws.next().await) }, async {
             Event::Out(rx.recv().await)
         })
