@@ -231,3 +231,34 @@ fn bad_config_is_one_line_and_exit_2() {
         );
     }
 }
+
+/// README's run command: `demo` starts the network, prints one packet's path across the three
+/// hops and a latency summary, and every packet is fulfilled.
+#[test]
+fn demo_prints_the_path_and_fulfils_everything() {
+    let out = Command::new(BIN)
+        .args(["demo", "--packets", "200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("200 fulfilled, 0 rejected"), "{text}");
+    assert!(
+        text.contains("one packet across the hops, correlationId "),
+        "{text}"
+    );
+    for node in ["connector-a", "connector-b", "connector-c"] {
+        for event in ["packet_received", "packet_forwarded", "packet_response"] {
+            assert!(
+                text.lines().any(|l| l.contains(node) && l.contains(event)),
+                "no {event} of {node} in the path: {text}"
+            );
+        }
+    }
+    assert!(text.contains("answer at the sender: fulfilled"), "{text}");
+    assert!(text.contains("round-trip latency over 3 hops"), "{text}");
+}
