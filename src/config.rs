@@ -4,8 +4,6 @@
 //! Env overrides: `NODE_ID`, `BTP_SERVER_PORT`, `LOG_LEVEL`, and per peer
 //! `BTP_PEER_<ID>_SECRET` (id upper-cased, `-` → `_`). Secrets never reach `Debug` output.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
 use crate::codec::Address;
@@ -345,10 +343,6 @@ impl Config {
             return Err(invalid("sendTimeoutMs", "must be positive"));
         }
         Ok(())
-    }
-
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
     }
 
     pub fn shard_count(&self) -> usize {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use ilp_connector::codec::{BtpPacket, Packet};
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{run_local, Mode, SenderLink, ThreeNodes};
+use ilp_connector::testkit::{run_local, Mode, ThreeNodes};
 
 #[derive(Parser)]
 #[command(
@@ -117,7 +117,7 @@ fn demo(packets: u32) -> ExitCode {
     let traced = run_local({
         let url = url.clone();
         move || async move {
-            let s = SenderLink::connect(&url, "sender", "secret-sa").await?;
+            let s = ThreeNodes::connect_sender(&url).await?;
             s.send("test.c.receiver.demo", 10, 30_000, b"traced").await
         }
     });
@@ -130,7 +130,7 @@ fn demo(packets: u32) -> ExitCode {
         }
     }
     let result = run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa").await?;
+        let s = ThreeNodes::connect_sender(&url).await?;
         let mut hist = hdrhistogram::Histogram::<u64>::new(3)
             .map_err(|e| ilp_connector::btp::LinkError::Protocol(e.to_string()))?;
         let (mut fulfilled, mut rejected) = (0u32, 0u32);

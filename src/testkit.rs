@@ -297,6 +297,12 @@ impl ThreeNodes {
         format!("ws://127.0.0.1:{}", self.a.btp_port())
     }
 
+    /// Dials A at `url` (from [`ThreeNodes::sender_url`]) as its child `sender`; call inside
+    /// a glommio executor.
+    pub async fn connect_sender(url: &str) -> Result<SenderLink, LinkError> {
+        SenderLink::connect(url, "sender", "secret-sa").await
+    }
+
     /// Restarts B on its old port (after `self.b.stop()`).
     pub fn restart_b(&mut self, b_port: u16) -> Result<(), String> {
         self.b = start_node("B", &Self::b_yaml(self.c.btp_port(), b_port))?;

@@ -13,12 +13,12 @@ use ilp_connector::btp::link::{self, Link, LinkConfig};
 use ilp_connector::btp::server::accept_peer;
 use ilp_connector::btp::{IncomingHandler, LinkError};
 use ilp_connector::codec::btp::{self, BtpType};
-use ilp_connector::codec::{BtpPacket, FulfillFields, Packet, Prepare};
+use ilp_connector::codec::{BtpPacket, FulfillFields, Packet, Prepare, PrepareFields, Timestamp};
 use ilp_connector::testkit::{run_local, SenderLink};
 
-/// A server on this executor that answers each Prepare with a Fulfill whose data echoes the
-/// Prepare's data, after a delay that varies with the request id (so answers overtake).
-fn spawn_echo_server(token: &'static str) -> u16 {
+/// A BTP server on this executor accepting `client`/`token` (auth bounded by `auth_bound`);
+/// every MESSAGE goes to `handler`.
+fn spawn_server(token: &'static str, auth_bound: Duration, handler: fn(Link, BtpPacket)) -> u16 {
     let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     glommio::spawn_local(async move {
@@ -26,35 +26,44 @@ fn spawn_echo_server(token: &'static str) -> u16 {
         while let Ok(stream) = listener.accept().await {
             let creds = creds.clone();
             glommio::spawn_local(async move {
-                let Ok((peer, ws)) = accept_peer(stream, &creds, Duration::from_millis(300)).await
-                else {
+                let Ok((peer, ws)) = accept_peer(stream, &creds, auth_bound).await else {
                     return;
                 };
                 let (l, rx) = Link::new(&peer, LinkConfig::default(), Deadlines::new());
-                let handler: IncomingHandler = Rc::new(|link: Link, p: BtpPacket| {
-                    glommio::spawn_local(async move {
-                        let delay = Duration::from_micros(u64::from(p.request_id() % 5) * 300);
-                        glommio::timer::sleep(delay).await;
-                        let prepare = Prepare::decode(p.ilp().unwrap()).unwrap();
-                        let mut ilp = BytesMut::new();
-                        FulfillFields {
-                            fulfillment: &[0; 32],
-                            data: prepare.data(),
-                        }
-                        .encode(&mut ilp);
-                        let mut frame = BytesMut::new();
-                        btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &ilp);
-                        let _ = link.send(frame.freeze()).await;
-                    })
-                    .detach();
-                });
-                link::run(ws, l, rx, handler).await;
+                link::run(ws, l, rx, Rc::new(handler)).await;
             })
             .detach();
         }
     })
     .detach();
     port
+}
+
+/// Answers `p` after `delay` with a Fulfill whose data echoes the Prepare's data.
+fn fulfill_after(link: Link, p: BtpPacket, delay: Duration) {
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(delay).await;
+        let prepare = Prepare::decode(p.ilp().unwrap()).unwrap();
+        let mut ilp = BytesMut::new();
+        FulfillFields {
+            fulfillment: &[0; 32],
+            data: prepare.data(),
+        }
+        .encode(&mut ilp);
+        let mut frame = BytesMut::new();
+        btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &ilp);
+        let _ = link.send(frame.freeze()).await;
+    })
+    .detach();
+}
+
+/// A server that answers each Prepare with a Fulfill echoing its data, after a delay that
+/// varies with the request id (so answers overtake); the auth bound is 300 ms.
+fn spawn_echo_server(token: &'static str) -> u16 {
+    spawn_server(token, Duration::from_millis(300), |link, p| {
+        let delay = Duration::from_micros(u64::from(p.request_id() % 5) * 300);
+        fulfill_after(link, p, delay);
+    })
 }
 
 #[test]
@@ -194,52 +203,20 @@ fn unanswered_ping_closes_the_link() {
     });
 }
 
-/// A server that answers every request after `delay_ms` (from the request's data), or never
-/// when the data says 0, and closes the socket when a request carries `close`.
+/// A server that answers every request after the number of milliseconds in its data, or
+/// never when that is 0, and closes the socket when a request's data is `close`.
 fn spawn_slow_server() -> u16 {
-    let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    glommio::spawn_local(async move {
-        let creds = Rc::new(vec![Credential::new("client", "tok")]);
-        while let Ok(stream) = listener.accept().await {
-            let creds = creds.clone();
-            glommio::spawn_local(async move {
-                let Ok((peer, ws)) = accept_peer(stream, &creds, Duration::from_secs(5)).await
-                else {
-                    return;
-                };
-                let (l, rx) = Link::new(&peer, LinkConfig::default(), Deadlines::new());
-                let handler: IncomingHandler = Rc::new(|link: Link, p: BtpPacket| {
-                    let prepare = Prepare::decode(p.ilp().unwrap()).unwrap();
-                    if prepare.data() == b"close" {
-                        link.close();
-                        return;
-                    }
-                    let delay = u64::from_be_bytes(prepare.data().try_into().unwrap());
-                    if delay == 0 {
-                        return;
-                    }
-                    glommio::spawn_local(async move {
-                        glommio::timer::sleep(Duration::from_millis(delay)).await;
-                        let mut ilp = BytesMut::new();
-                        FulfillFields {
-                            fulfillment: &[0; 32],
-                            data: prepare.data(),
-                        }
-                        .encode(&mut ilp);
-                        let mut frame = BytesMut::new();
-                        btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &ilp);
-                        let _ = link.send(frame.freeze()).await;
-                    })
-                    .detach();
-                });
-                link::run(ws, l, rx, handler).await;
-            })
-            .detach();
+    spawn_server("tok", Duration::from_secs(5), |link, p| {
+        let prepare = Prepare::decode(p.ilp().unwrap()).unwrap();
+        if prepare.data() == b"close" {
+            link.close();
+            return;
+        }
+        let delay = u64::from_be_bytes(prepare.data().try_into().unwrap());
+        if delay != 0 {
+            fulfill_after(link, p, Duration::from_millis(delay));
         }
     })
-    .detach();
-    port
 }
 
 /// A request's deadline passes first: it completes with Timeout on time; the answer that
@@ -254,9 +231,9 @@ fn deadline_then_late_answer_is_ignored() {
         let t = Instant::now();
         let mut frame = BytesMut::new();
         let mut ilp = BytesMut::new();
-        ilp_connector::codec::PrepareFields {
+        PrepareFields {
             amount: 1,
-            expires_at: ilp_connector::codec::Timestamp::now().add_millis(30_000),
+            expires_at: Timestamp::now().add_millis(30_000),
             execution_condition: &[0; 32],
             destination: b"test.x",
             data: &1000u64.to_be_bytes(),
@@ -277,18 +254,7 @@ fn deadline_then_late_answer_is_ignored() {
         // The late answer (at ~1 s) arrives while this request waits; it must not be
         // taken for this one, which gets its own answer (echoing 1200).
         let p = s
-            .send_raw(&{
-                let mut ilp = BytesMut::new();
-                ilp_connector::codec::PrepareFields {
-                    amount: 1,
-                    expires_at: ilp_connector::codec::Timestamp::now().add_millis(30_000),
-                    execution_condition: &[0; 32],
-                    destination: b"test.x",
-                    data: &1200u64.to_be_bytes(),
-                }
-                .encode(&mut ilp);
-                ilp
-            })
+            .send("test.x", 1, 30_000, &1200u64.to_be_bytes())
             .await
             .unwrap();
         match p {

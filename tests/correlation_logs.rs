@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ilp_connector::codec::{Packet, PrepareFields, Timestamp};
-use ilp_connector::testkit::{condition_for, run_local, Mode, SenderLink, ThreeNodes};
+use ilp_connector::testkit::{condition_for, run_local, Mode, ThreeNodes};
 use sha2::{Digest, Sha256};
 
 #[test]
@@ -27,9 +27,7 @@ fn one_correlation_id_in_all_three_nodes_logs() {
     let expected_id = hex::encode(&Sha256::digest(&prepare)[..8]);
     let url = n.sender_url();
     let answer = run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url).await.unwrap();
         s.send_raw(&prepare).await.unwrap()
     });
     assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");

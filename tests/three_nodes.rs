@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ilp_connector::codec::{ErrorCode, Packet};
-use ilp_connector::testkit::{run_local, Mode, SenderLink, ThreeNodes};
+use ilp_connector::testkit::{run_local, Mode, ThreeNodes};
 
 fn net(mode: Mode, c_send_timeout_ms: u64) -> ThreeNodes {
     ThreeNodes::start(mode, c_send_timeout_ms).unwrap()
@@ -25,9 +25,7 @@ fn fulfill_and_rejects_through_three_hops() {
     let n = net(Mode::Fulfill, 10_000);
     let url = format!("ws://127.0.0.1:{}", n.a.btp_port());
     run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url).await.unwrap();
         // Fulfilled end to end.
         let p = s
             .send("test.c.receiver.x", 100, 30_000, b"hello")
@@ -86,9 +84,7 @@ fn wrong_fulfillment_is_f05() {
     let n = net(Mode::WrongFulfillment, 10_000);
     let url = format!("ws://127.0.0.1:{}", n.a.btp_port());
     run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url).await.unwrap();
         let p = s.send("test.c.receiver.x", 1, 30_000, b"x").await.unwrap();
         // C detects it first and answers F05; A and B pass C's Reject through.
         assert_eq!(reject_code(&p), Some(("F05".into(), "test.c".into())));
@@ -102,9 +98,7 @@ fn silent_fulfiller_times_out() {
     let n = net(Mode::Silent, 300);
     let url = format!("ws://127.0.0.1:{}", n.a.btp_port());
     run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url).await.unwrap();
         let t = Instant::now();
         let p = s.send("test.c.receiver.x", 1, 30_000, b"x").await.unwrap();
         assert_eq!(reject_code(&p), Some(("T00".into(), "test.c".into())));
@@ -115,9 +109,7 @@ fn silent_fulfiller_times_out() {
     let n = net(Mode::Silent, 10_000);
     let url = format!("ws://127.0.0.1:{}", n.a.btp_port());
     run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url).await.unwrap();
         let t = Instant::now();
         // 4.5 s: A forwards with 3.5 s, B with 2.5 s, C with 1.5 s.
         let p = s.send("test.c.receiver.x", 1, 4_500, b"x").await.unwrap();
@@ -136,9 +128,7 @@ fn next_hop_lost_is_t01_and_reconnects() {
     let (tx, rx) = std::sync::mpsc::channel();
     let sender = std::thread::spawn(move || {
         run_local(move || async move {
-            let s = SenderLink::connect(&url, "sender", "secret-sa")
-                .await
-                .unwrap();
+            let s = ThreeNodes::connect_sender(&url).await.unwrap();
             let _ = tx.send(());
             let t = Instant::now();
             let p = s.send("test.c.receiver.x", 1, 30_000, b"x").await.unwrap();
@@ -164,9 +154,7 @@ fn next_hop_lost_is_t01_and_reconnects() {
     let url = format!("ws://127.0.0.1:{}", n.a.btp_port());
     let url2 = url.clone();
     run_local(move || async move {
-        let s = SenderLink::connect(&url2, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url2).await.unwrap();
         let p = s.send("test.b.x", 1, 30_000, b"x").await.unwrap();
         assert_eq!(reject_code(&p), Some(("T01".into(), "test.a".into())));
     });
@@ -179,9 +167,7 @@ fn next_hop_lost_is_t01_and_reconnects() {
         std::thread::sleep(Duration::from_millis(20));
     }
     run_local(move || async move {
-        let s = SenderLink::connect(&url, "sender", "secret-sa")
-            .await
-            .unwrap();
+        let s = ThreeNodes::connect_sender(&url).await.unwrap();
         let p = s.send("test.b.x", 1, 30_000, b"x").await.unwrap();
         // B has no route for test.b.x: its F02 proves the packet got there.
         assert_eq!(reject_code(&p), Some(("F02".into(), "test.b".into())));

@@ -239,6 +239,17 @@ mod tests {
         }
     }
 
+    /// What `decide` does with a Prepare for `dest` expiring in `expires_in_ms`.
+    fn outcome(dest: &str, expires_in_ms: i64, cond: [u8; 32], from_child: bool) -> &'static str {
+        code(decide(
+            &prepare(dest, expires_in_ms, cond),
+            now(),
+            T,
+            from_child,
+            route,
+        ))
+    }
+
     #[test]
     fn expiry_arithmetic() {
         // Plenty of time: out = in - margin.
@@ -266,110 +277,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Exactly 2 × margin left: out - now == margin, still enough.
-        assert_eq!(
-            code(decide(
-                &prepare("test.c.x", 2_000, [0; 32]),
-                now(),
-                T,
-                false,
-                route
-            )),
-            "forward"
-        );
+        assert_eq!(outcome("test.c.x", 2_000, [0; 32], false), "forward");
         // Just under: R02.
-        assert_eq!(
-            code(decide(
-                &prepare("test.c.x", 1_999, [0; 32]),
-                now(),
-                T,
-                false,
-                route
-            )),
-            "R02"
-        );
+        assert_eq!(outcome("test.c.x", 1_999, [0; 32], false), "R02");
         // Already expired (or expiring now): R00.
-        assert_eq!(
-            code(decide(
-                &prepare("test.c.x", 0, [0; 32]),
-                now(),
-                T,
-                false,
-                route
-            )),
-            "R00"
-        );
-        assert_eq!(
-            code(decide(
-                &prepare("test.c.x", -5, [0; 32]),
-                now(),
-                T,
-                false,
-                route
-            )),
-            "R00"
-        );
+        assert_eq!(outcome("test.c.x", 0, [0; 32], false), "R00");
+        assert_eq!(outcome("test.c.x", -5, [0; 32], false), "R00");
     }
 
     #[test]
     fn routing_and_peer_protocol() {
+        assert_eq!(outcome("test.z", 5_000, [0; 32], false), "F02");
         assert_eq!(
-            code(decide(
-                &prepare("test.z", 5_000, [0; 32]),
-                now(),
-                T,
-                false,
-                route
-            )),
-            "F02"
-        );
-        assert_eq!(
-            code(decide(
-                &prepare("peer.config", 5_000, PEER_PROTOCOL_CONDITION),
-                now(),
-                T,
-                true,
-                route
-            )),
+            outcome("peer.config", 5_000, PEER_PROTOCOL_CONDITION, true),
             "ildcp"
         );
         assert_eq!(
-            code(decide(
-                &prepare("peer.config", 5_000, PEER_PROTOCOL_CONDITION),
-                now(),
-                T,
-                false,
-                route
-            )),
+            outcome("peer.config", 5_000, PEER_PROTOCOL_CONDITION, false),
             "F02"
         );
+        assert_eq!(outcome("peer.config", 5_000, [1; 32], true), "F01");
         assert_eq!(
-            code(decide(
-                &prepare("peer.config", 5_000, [1; 32]),
-                now(),
-                T,
-                true,
-                route
-            )),
-            "F01"
-        );
-        assert_eq!(
-            code(decide(
-                &prepare("peer.config", -1, PEER_PROTOCOL_CONDITION),
-                now(),
-                T,
-                true,
-                route
-            )),
+            outcome("peer.config", -1, PEER_PROTOCOL_CONDITION, true),
             "R00"
         );
         assert_eq!(
-            code(decide(
-                &prepare("peer.route.update", 5_000, PEER_PROTOCOL_CONDITION),
-                now(),
-                T,
-                false,
-                route
-            )),
+            outcome("peer.route.update", 5_000, PEER_PROTOCOL_CONDITION, false),
             "F02"
         );
     }
