@@ -15,7 +15,7 @@ use ilp_connector::btp::auth::Credential;
 use ilp_connector::btp::client::{dial, parse_url};
 use ilp_connector::btp::deadlines::Deadlines;
 use ilp_connector::btp::link::{self, Link, LinkConfig};
-use ilp_connector::btp::server::accept_peer;
+use ilp_connector::btp::server::{accept_peer, admit_all};
 use ilp_connector::btp::IncomingHandler;
 use ilp_connector::codec::btp::{self, BtpType};
 use ilp_connector::codec::{BtpPacket, FulfillFields, PrepareFields, Timestamp};
@@ -39,13 +39,7 @@ fn answer_handler() -> IncomingHandler {
     Rc::new(move |link: Link, p: BtpPacket| {
         let mut frame = BytesMut::with_capacity(64);
         btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &fulfill);
-        let frame = frame.freeze();
-        if link.try_send(frame.clone()).is_err() {
-            glommio::spawn_local(async move {
-                let _ = link.send(frame).await;
-            })
-            .detach();
-        }
+        let _ = link.send(frame.freeze());
     })
 }
 
@@ -55,11 +49,13 @@ async fn serve(listener: glommio::net::TcpListener) {
     while let Ok(stream) = listener.accept().await {
         let creds = creds.clone();
         glommio::spawn_local(async move {
-            let Ok((peer, ws)) = accept_peer(stream, &creds, Duration::from_secs(5)).await else {
+            let Ok((peer, ws)) =
+                accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
+            else {
                 return;
             };
-            let (l, rx) = Link::new(&peer, LinkConfig::default(), Deadlines::new());
-            link::run(ws, l, rx, answer_handler()).await;
+            let l = Link::new(&peer, LinkConfig::default(), Deadlines::new());
+            link::run(ws, l, answer_handler()).await;
         })
         .detach();
     }
@@ -72,9 +68,13 @@ async fn drive(port: u16, pairs: usize, window: usize) -> Duration {
         .await
         .expect("dial");
     let deadlines = Deadlines::new();
-    let (l, rx) = Link::new("server", LinkConfig::default(), deadlines.clone());
+    let cfg = LinkConfig {
+        queue_capacity: 1 << 20,
+        ..LinkConfig::default()
+    };
+    let l = Link::new("server", cfg, deadlines.clone());
     let ignore: IncomingHandler = Rc::new(|_, _| {});
-    glommio::spawn_local(link::run(ws, l.clone(), rx, ignore)).detach();
+    glommio::spawn_local(link::run(ws, l.clone(), ignore)).detach();
     let l2 = l.clone();
     glommio::spawn_local(async move { deadlines.run(move || !l2.is_open()).await }).detach();
 

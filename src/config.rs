@@ -190,6 +190,21 @@ pub struct Config {
     /// Prepares a shard handles at once; more are refused with T03 (connector busy).
     #[serde(default = "d_max_in_flight_shard")]
     pub max_in_flight_per_shard: usize,
+    /// Prepares one peer may have in flight on one shard; more are refused with T05 (rate
+    /// limited: the sender itself is over its share, other peers are untouched).
+    #[serde(default = "d_max_in_flight_peer")]
+    pub max_in_flight_per_peer: usize,
+    /// A write to a peer's socket that makes no progress this long kills the link.
+    #[serde(default = "d_write_timeout")]
+    pub write_timeout_ms: u64,
+    /// Connections on one shard still in the WebSocket handshake or auth; more are closed
+    /// at once.
+    #[serde(default = "d_max_unauth")]
+    pub max_unauthenticated_per_shard: usize,
+    /// A peer at `maxConnectionsPerPeer` gets in anyway by replacing its oldest link on the
+    /// shard it reached, if that link has been silent this long (a half-open leftover).
+    #[serde(default = "d_replace_silent")]
+    pub replace_silent_link_ms: u64,
 }
 
 fn default_log_level() -> String {
@@ -233,6 +248,18 @@ fn d_max_in_flight() -> usize {
 }
 fn d_max_in_flight_shard() -> usize {
     100_000
+}
+fn d_max_in_flight_peer() -> usize {
+    10_000
+}
+fn d_write_timeout() -> u64 {
+    5_000
+}
+fn d_max_unauth() -> usize {
+    256
+}
+fn d_replace_silent() -> u64 {
+    5_000
 }
 
 impl Config {
@@ -339,8 +366,24 @@ impl Config {
                 "must list at least one delay",
             ));
         }
-        if self.send_timeout_ms == 0 {
-            return Err(invalid("sendTimeoutMs", "must be positive"));
+        for (key, v) in [
+            ("sendTimeoutMs", self.send_timeout_ms),
+            ("writeTimeoutMs", self.write_timeout_ms),
+            ("authTimeoutMs", self.auth_timeout_ms),
+            ("maxInFlightPerPeer", self.max_in_flight_per_peer as u64),
+            ("maxInFlightPerShard", self.max_in_flight_per_shard as u64),
+            (
+                "maxConnectionsPerPeer",
+                self.max_connections_per_peer as u64,
+            ),
+            (
+                "maxUnauthenticatedPerShard",
+                self.max_unauthenticated_per_shard as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         Ok(())
     }

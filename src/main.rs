@@ -6,7 +6,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use ilp_connector::codec::{BtpPacket, Packet};
 use ilp_connector::config::Config;
-use ilp_connector::node::connector::ConnectorNode;
+use ilp_connector::node::connector::{ConnectorNode, StartError};
 use ilp_connector::testkit::{run_local, Mode, ThreeNodes};
 
 #[derive(Parser)]
@@ -83,7 +83,12 @@ fn run(path: &str, human: bool) -> ExitCode {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(1);
+            // A port that is taken is a configuration problem, like a bad config file.
+            let code = match e {
+                StartError::Bind { .. } | StartError::Admin { .. } | StartError::Config(_) => 2,
+                StartError::Executor(_) => 1,
+            };
+            return ExitCode::from(code);
         }
     };
     println!(

@@ -18,7 +18,7 @@ use crate::btp::auth::Credential;
 use crate::btp::client::{dial, parse_url};
 use crate::btp::deadlines::Deadlines;
 use crate::btp::link::{self, Link, LinkConfig};
-use crate::btp::server::accept_peer;
+use crate::btp::server::{accept_peer, admit_all};
 use crate::btp::{IncomingHandler, LinkError};
 use crate::codec::btp::{self, BtpType};
 use crate::codec::{
@@ -75,12 +75,13 @@ impl Fulfiller {
                 let Some(Ok(stream)) = next else { break };
                 let (creds, deadlines) = (creds.clone(), deadlines.clone());
                 glommio::spawn_local(async move {
-                    let Ok((peer, ws)) = accept_peer(stream, &creds, Duration::from_secs(5)).await
+                    let Ok((peer, ws)) =
+                        accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
                     else {
                         return;
                     };
-                    let (link, rx) = Link::new(&peer, LinkConfig::default(), deadlines);
-                    link::run(ws, link, rx, answer_handler(mode)).await;
+                    let link = Link::new(&peer, LinkConfig::default(), deadlines);
+                    link::run(ws, link, answer_handler(mode)).await;
                 })
                 .detach();
             }
@@ -116,7 +117,7 @@ impl Fulfiller {
                 }
             };
             let _ = tx.send(Ok(()));
-            let (link, rx) = Link::new("connector", LinkConfig::default(), Deadlines::new());
+            let link = Link::new("connector", LinkConfig::default(), Deadlines::new());
             let closer = link.clone();
             glommio::spawn_local(async move {
                 while !stop2.load(Ordering::Relaxed) && closer.is_open() {
@@ -125,7 +126,7 @@ impl Fulfiller {
                 closer.close();
             })
             .detach();
-            link::run(ws, link, rx, answer_handler(mode)).await;
+            link::run(ws, link, answer_handler(mode)).await;
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Fulfiller {
@@ -183,11 +184,7 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
         }
         let mut frame = BytesMut::new();
         btp::encode_ilp(&mut frame, BtpType::Response, packet.request_id(), &ilp);
-        let frame = frame.freeze();
-        glommio::spawn_local(async move {
-            let _ = link.send(frame).await;
-        })
-        .detach();
+        let _ = link.send(frame.freeze());
     })
 }
 
@@ -201,11 +198,16 @@ impl SenderLink {
         let target = parse_url(url).map_err(LinkError::Connect)?;
         let ws = dial(&target, user, token, Duration::from_secs(5)).await?;
         let deadlines = Deadlines::new();
-        let (link, rx) = Link::new("connector", LinkConfig::default(), deadlines.clone());
+        // A client may queue as many requests as it may have pending.
+        let cfg = LinkConfig {
+            queue_capacity: LinkConfig::default().max_pending,
+            ..LinkConfig::default()
+        };
+        let link = Link::new("connector", cfg, deadlines.clone());
         let l2 = link.clone();
         glommio::spawn_local(async move {
             let ignore: IncomingHandler = Rc::new(|_, _| {});
-            link::run(ws, l2, rx, ignore).await;
+            link::run(ws, l2, ignore).await;
         })
         .detach();
         let l3 = link.clone();

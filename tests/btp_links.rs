@@ -10,7 +10,7 @@ use ilp_connector::btp::auth::Credential;
 use ilp_connector::btp::client::{dial, parse_url};
 use ilp_connector::btp::deadlines::Deadlines;
 use ilp_connector::btp::link::{self, Link, LinkConfig};
-use ilp_connector::btp::server::accept_peer;
+use ilp_connector::btp::server::{accept_peer, admit_all};
 use ilp_connector::btp::{IncomingHandler, LinkError};
 use ilp_connector::codec::btp::{self, BtpType};
 use ilp_connector::codec::{BtpPacket, FulfillFields, Packet, Prepare, PrepareFields, Timestamp};
@@ -26,11 +26,12 @@ fn spawn_server(token: &'static str, auth_bound: Duration, handler: fn(Link, Btp
         while let Ok(stream) = listener.accept().await {
             let creds = creds.clone();
             glommio::spawn_local(async move {
-                let Ok((peer, ws)) = accept_peer(stream, &creds, auth_bound).await else {
+                let Ok((peer, ws)) = accept_peer(stream, &creds, auth_bound, admit_all).await
+                else {
                     return;
                 };
-                let (l, rx) = Link::new(&peer, LinkConfig::default(), Deadlines::new());
-                link::run(ws, l, rx, Rc::new(handler)).await;
+                let l = Link::new(&peer, LinkConfig::default(), Deadlines::new());
+                link::run(ws, l, Rc::new(handler)).await;
             })
             .detach();
         }
@@ -52,7 +53,7 @@ fn fulfill_after(link: Link, p: BtpPacket, delay: Duration) {
         .encode(&mut ilp);
         let mut frame = BytesMut::new();
         btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &ilp);
-        let _ = link.send(frame.freeze()).await;
+        let _ = link.send(frame.freeze());
     })
     .detach();
 }
@@ -166,7 +167,7 @@ fn unanswered_ping_closes_the_link() {
         glommio::spawn_local(async move {
             let creds = vec![Credential::new("client", "tok")];
             let stream = listener.accept().await.unwrap();
-            let (_peer, ws) = accept_peer(stream, &creds, Duration::from_secs(5))
+            let (_peer, ws) = accept_peer(stream, &creds, Duration::from_secs(5), admit_all)
                 .await
                 .unwrap();
             // Hold the socket without reading it.
@@ -184,9 +185,9 @@ fn unanswered_ping_closes_the_link() {
             ..LinkConfig::default()
         };
         let deadlines = Deadlines::new();
-        let (l, rx) = Link::new("server", cfg, deadlines.clone());
+        let l = Link::new("server", cfg, deadlines.clone());
         let ignore: IncomingHandler = Rc::new(|_, _| {});
-        glommio::spawn_local(link::run(ws, l.clone(), rx, ignore)).detach();
+        glommio::spawn_local(link::run(ws, l.clone(), ignore)).detach();
         let l2 = l.clone();
         glommio::spawn_local(async move { deadlines.run(move || !l2.is_open()).await }).detach();
         let t = Instant::now();

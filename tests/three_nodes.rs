@@ -94,14 +94,15 @@ fn wrong_fulfillment_is_f05() {
 
 #[test]
 fn silent_fulfiller_times_out() {
-    // C's send deadline (300 ms) fires before the packet expires: T00 from C.
+    // C's send deadline (300 ms) caps the expiry it forwards, so it gives up when that
+    // passes: R00 from C, long before the sender's expiry.
     let n = net(Mode::Silent, 300);
     let url = format!("ws://127.0.0.1:{}", n.a.btp_port());
     run_local(move || async move {
         let s = ThreeNodes::connect_sender(&url).await.unwrap();
         let t = Instant::now();
         let p = s.send("test.c.receiver.x", 1, 30_000, b"x").await.unwrap();
-        assert_eq!(reject_code(&p), Some(("T00".into(), "test.c".into())));
+        assert_eq!(reject_code(&p), Some(("R00".into(), "test.c".into())));
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     });
     drop(n);
@@ -143,8 +144,10 @@ fn next_hop_lost_is_t01_and_reconnects() {
         std::thread::sleep(Duration::from_millis(5));
     }
     n.b.stop();
+    // B drains: after its drain timeout it answers what is still in flight (T01) before it
+    // closes its links.
     let (code, elapsed) = sender.join().unwrap();
-    assert_eq!(code, Some(("T01".into(), "test.a".into())));
+    assert_eq!(code, Some(("T01".into(), "test.b".into())));
     assert!(
         elapsed < Duration::from_secs(8),
         "well before the 10 s deadline: {elapsed:?}"

@@ -52,11 +52,12 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
         let deadlines = Deadlines::new();
         let cfg = LinkConfig {
             max_pending: 1 << 20,
+            queue_capacity: 1 << 20,
             ..LinkConfig::default()
         };
-        let (l, rx) = Link::new("target", cfg, deadlines.clone());
+        let l = Link::new("target", cfg, deadlines.clone());
         let ignore: IncomingHandler = Rc::new(|_, _| {});
-        glommio::spawn_local(link::run(ws, l.clone(), rx, ignore)).detach();
+        glommio::spawn_local(link::run(ws, l.clone(), ignore)).detach();
         let l2 = l.clone();
         glommio::spawn_local(async move { deadlines.run(move || !l2.is_open()).await }).detach();
         links.push(l);

@@ -1,10 +1,10 @@
-//! Dialling a peer: TCP connect (bounded), WebSocket upgrade, auth MESSAGE, wait for the
-//! RESPONSE (bounded). Reconnecting with backoff is the node's job ([`crate::node`]).
+//! Dialling a peer: name resolution (off the shard thread, bounded), TCP connect (bounded),
+//! WebSocket upgrade, auth MESSAGE, wait for the RESPONSE (bounded). Reconnecting with backoff is the node's job ([`crate::node`]).
 //!
 //! URLs: `btp+ws://user:token@host:port/path` (user and token from the URL) or `ws://...`
 //! with a configured token; without a user in the URL we send `default_user` (our node id).
 
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::Message;
@@ -54,6 +54,34 @@ pub fn parse_url(url: &str) -> Result<DialTarget, String> {
     })
 }
 
+/// Resolves `host:port` off the shard thread (glommio's blocking pool), bounded by
+/// `timeout`: a resolver that does not answer must not freeze the shard's traffic.
+/// A literal IP address is used as it is.
+pub async fn resolve(host_port: &str, timeout: Duration) -> Result<SocketAddr, LinkError> {
+    if let Ok(addr) = host_port.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let name = host_port.to_owned();
+    let lookup = glommio::executor().spawn_blocking(move || {
+        name.to_socket_addrs()
+            .map(|mut a| a.next())
+            .map_err(|e| e.to_string())
+    });
+    match within(timeout, lookup).await {
+        Some(Ok(Some(addr))) => Ok(addr),
+        Some(Ok(None)) => Err(LinkError::Connect(format!(
+            "{host_port} resolves to nothing"
+        ))),
+        Some(Err(e)) => Err(LinkError::Connect(format!(
+            "cannot resolve {host_port}: {e}"
+        ))),
+        None => Err(LinkError::Connect(format!(
+            "resolving {host_port} took longer than {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
 /// Connects and authenticates; returns the open WebSocket.
 pub async fn dial(
     target: &DialTarget,
@@ -61,12 +89,7 @@ pub async fn dial(
     token: &str,
     timeout: Duration,
 ) -> Result<WebSocketStream<TcpStream>, LinkError> {
-    let addr = target
-        .host_port
-        .to_socket_addrs()
-        .map_err(|e| LinkError::Connect(e.to_string()))?
-        .next()
-        .ok_or_else(|| LinkError::Connect(format!("{} resolves to nothing", target.host_port)))?;
+    let addr = resolve(&target.host_port, timeout).await?;
     let stream = TcpStream::connect_timeout(addr, timeout)
         .await
         .map_err(|e| LinkError::Connect(e.to_string()))?;

@@ -18,12 +18,19 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use super::link::LinkInner;
+/// What holds the requests whose deadlines are queued here (a link). Keeps this module free
+/// of any link type: dependencies point from the link to the deadlines, not back.
+pub trait Expire {
+    /// Whether request `id`, registered with deadline `at`, still waits for its answer.
+    fn is_pending(&self, id: u32, at: Instant) -> bool;
+    /// The deadline `at` of request `id` passed: fail it if it still waits.
+    fn expire(&self, id: u32, at: Instant);
+}
 
 struct Entry {
     at: Instant,
     request_id: u32,
-    link: Weak<LinkInner>,
+    link: Weak<dyn Expire>,
 }
 
 impl PartialEq for Entry {
@@ -63,7 +70,7 @@ impl Deadlines {
         })
     }
 
-    pub(crate) fn add(&self, at: Instant, link: Weak<LinkInner>, request_id: u32) {
+    pub fn add(&self, at: Instant, link: Weak<dyn Expire>, request_id: u32) {
         self.live.set(self.live.get() + 1);
         let mut heap = self.heap.borrow_mut();
         let earliest = heap.peek().is_none_or(|Reverse(e)| at < e.at);
@@ -90,7 +97,7 @@ impl Deadlines {
     }
 
     /// A pending request was answered (or failed) before its deadline.
-    pub(crate) fn done(&self) {
+    pub fn done(&self) {
         self.live.set(self.live.get().saturating_sub(1));
     }
 

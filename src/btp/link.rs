@@ -1,18 +1,34 @@
 //! A [`Link`]: one authenticated BTP WebSocket, whichever side dialled.
 //!
-//! One task ([`run`]) owns the socket. Everyone else talks to it through a bounded queue of
-//! encoded frames ([`Link::request`], [`Link::send`]). The task handles, in a loop, whichever
-//! comes first:
+//! One task ([`run`]) owns the socket. Everyone else talks to it through the link's outgoing
+//! queue ([`Link::request`], [`Link::send`]): a plain `VecDeque` on this shard, with the link
+//! task's waker beside it, so closing a link or giving up on a request never depends on a
+//! channel waking someone. The task handles, in a loop, whichever comes first:
 //! 1. an incoming frame: a RESPONSE/ERROR completes *our* pending request with that id
-//!    (unknown ids are dropped and logged); a MESSAGE goes to the [`IncomingHandler`]; a
-//!    TRANSFER is refused (no settlement here); an unparsable request gets a BTP ERROR, any
-//!    other unparsable frame closes the link;
-//! 2. queued outgoing frames: fed to the socket as a batch, then flushed once;
+//!    (unknown ids are dropped; a late Fulfill is logged with its amount and counted); a
+//!    MESSAGE goes to the [`IncomingHandler`]; a TRANSFER is refused (no settlement here); an
+//!    unparsable request gets a BTP ERROR, any other unparsable frame closes the link;
+//! 2. queued outgoing frames: fed to the socket as a batch, then flushed once. A request
+//!    frame whose request is no longer pending (answered, timed out) is not written.
 //!
-//! Keep-alive runs in a task of its own, so the hot loop arms no timer and reads no clock:
-//! every `ping_interval` it checks whether any frame arrived since its last look; if none
-//! did, it queues a ping, and if nothing arrives within `pong_timeout` after that, it closes
-//! the link. (So a ping goes out after between one and two intervals of silence.)
+//! Invariants (every one bounded, whatever the peer does):
+//! - **No write outlives `write_timeout`**: a feed or flush that makes no progress for that
+//!   long kills the link, and link death fails every pending and queued request at once
+//!   ([`LinkError::LinkLost`]).
+//! - **Our requests never wait for room**: beyond `queue_capacity` unwritten requests or
+//!   `max_pending` in flight, a request fails at once with [`LinkError::QueueFull`].
+//! - **A peer cannot make us buffer without bound**: the task stops reading the socket while
+//!   the peer's requests handed on and not yet answered on the wire exceed
+//!   `max_unanswered_in`, or unwritten bytes exceed `max_queued_bytes` (back-pressure: TCP
+//!   then slows the peer down). Answers ([`Link::send`]) are therefore always accepted.
+//! - **Closing always works**: [`Link::close`] sets a flag and wakes the task, which writes
+//!   what is queued (bounded by the write timeout) and closes; keep-alive closes a link that
+//!   stops answering pings the same way.
+//!
+//! Keep-alive runs in a task of its own (the hot loop arms no timer and reads no clock): once
+//! per tick (≤ 1 s) it looks whether any frame arrived since its last look; after
+//! `ping_interval` of silence it sends a ping, and if nothing arrives within `pong_timeout`
+//! after that, it closes the link. It also keeps [`Link::idle_for`] (coarse, tick-grained).
 //!
 //! Frame buffers are recycled: the link task keeps a handle to each frame it writes, and once
 //! tungstenite has copied it into the socket buffer the handle is the only one left, so the
@@ -21,42 +37,62 @@
 //!
 //! A pending request is a slot in the link's map (no channel is allocated per request): the
 //! answer is stored in the slot and the waiting task woken; the waiter removes the slot.
-//! When the task ends, every request still pending completes at once with
-//! [`LinkError::LinkLost`]. Request ids are ours alone: the peer's MESSAGE ids are only echoed.
+//! Request ids are ours alone: the peer's MESSAGE ids are only echoed.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
-use std::task::{Poll, Waker};
-
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_util::{SinkExt, StreamExt};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use super::deadlines::Deadlines;
-use super::LinkError;
+use super::deadlines::{Deadlines, Expire};
+use super::{within, LinkError};
 use crate::codec::btp::{self, set_request_id, BtpType};
-use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
+use crate::codec::{BtpPacket, GeneralizedTime, Packet, Timestamp};
+
+/// Counters shared by every link of a node (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Fulfills that arrived after we had stopped waiting for them.
+    pub late_fulfills: AtomicU64,
+    /// Amount (in the next hop's units) of those Fulfills: what the late answers put at risk.
+    pub late_fulfill_amount: AtomicU64,
+    /// Links killed because a write made no progress within the write timeout.
+    pub write_timeouts: AtomicU64,
+    /// Frames from peers that could not be parsed.
+    pub bad_frames: AtomicU64,
+}
 
 /// Per-link settings.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     /// Our node id, for log lines.
-    pub node_id: std::sync::Arc<str>,
+    pub node_id: Arc<str>,
     /// Longest wait for an answer to a request (the caller may pass an earlier deadline).
     pub send_timeout: Duration,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
-    /// Frames waiting to be written.
+    /// A write (feed or flush) that makes no progress this long kills the link.
+    pub write_timeout: Duration,
+    /// Our request frames waiting to be written; more (or more than `max_queued_bytes`
+    /// unwritten) are refused with [`LinkError::QueueFull`].
     pub queue_capacity: usize,
-    /// Our requests in flight on this link; more are refused with [`LinkError::QueueFull`]
-    /// (a full write queue only makes the caller wait).
+    /// Our requests in flight on this link; more are refused with [`LinkError::QueueFull`].
     pub max_pending: usize,
+    /// The peer's requests handed to the handler and not yet answered on the wire, beyond
+    /// which the link stops reading.
+    pub max_unanswered_in: usize,
+    /// Unwritten bytes beyond which the link stops reading.
+    pub max_queued_bytes: usize,
+    pub counters: Arc<LinkCounters>,
 }
 
 impl Default for LinkConfig {
@@ -66,20 +102,38 @@ impl Default for LinkConfig {
             send_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
             queue_capacity: 4096,
             max_pending: 65_536,
+            max_unanswered_in: usize::MAX,
+            max_queued_bytes: 16 << 20,
+            counters: Arc::default(),
         }
     }
 }
 
 /// Called for every MESSAGE that arrives on a link. It must not block: spawn the work.
+/// Whoever handles it answers with [`Link::send`].
 pub type IncomingHandler = Rc<dyn Fn(Link, BtpPacket)>;
 
-/// What the link task writes.
-pub enum Outbound {
-    Frame(Bytes),
-    Ping,
-    Close,
+/// What waits in the outgoing queue.
+enum Outbound {
+    /// Our request `id` (written only while it is still pending).
+    Request { frame: Bytes, id: u32, at: Instant },
+    /// An answer to one of the peer's requests.
+    Answer(Bytes),
+    /// Any other frame (BTP ERROR for a bad frame, TRANSFER refusal).
+    Other(Bytes),
+}
+
+impl Outbound {
+    fn len(&self) -> usize {
+        match self {
+            Outbound::Request { frame, .. } | Outbound::Answer(frame) | Outbound::Other(frame) => {
+                frame.len()
+            }
+        }
+    }
 }
 
 enum Slot {
@@ -89,35 +143,66 @@ enum Slot {
 
 struct Pending {
     at: Instant,
+    /// The Prepare's amount, reported if its Fulfill comes after we gave up.
+    amount: u64,
     slot: Slot,
 }
+
+/// Requests we gave up on, remembered so a late Fulfill can be reported with its amount.
+const LATE_MEMORY: usize = 1024;
 
 pub(crate) struct LinkInner {
     id: u64,
     peer_id: Rc<str>,
-    out: LocalSender<Outbound>,
+    /// Frames waiting for the link task.
+    queue: RefCell<VecDeque<Outbound>>,
+    queued_bytes: Cell<usize>,
+    queued_requests: Cell<usize>,
+    /// The link task, parked until there is something to write (or to read again), or
+    /// until its write is aborted.
+    task: RefCell<Option<Waker>>,
+    /// A socket write is in progress / writes completed so far (read by the watchdog in
+    /// the keep-alive task) / the watchdog gave up on the write in progress.
+    writing: Cell<bool>,
+    writes_done: Cell<u64>,
+    write_aborted: Cell<bool>,
+    ping_wanted: Cell<bool>,
+    /// The peer's requests handed to the handler and not yet answered on the wire.
+    unanswered_in: Cell<usize>,
     /// Our requests awaiting RESPONSE/ERROR, by request id.
     pending: RefCell<HashMap<u32, Pending, ahash::RandomState>>,
+    /// Requests that timed out (id, amount), most recent last.
+    given_up: RefCell<VecDeque<(u32, u64)>>,
     next_id: Cell<u32>,
-    /// Set when the link task ends; requests are refused from then on.
+    /// Close requested: no new requests; the task writes what is queued and ends.
+    closing: Cell<bool>,
+    /// Set when the link task ends.
     closed: Cell<bool>,
     /// Set by every incoming frame, cleared by the keep-alive task.
     heard: Cell<bool>,
+    /// When keep-alive last saw a frame (tick-grained).
+    last_heard: Cell<Instant>,
     /// Written frames' buffers, ready for reuse.
     spare: RefCell<Vec<BytesMut>>,
+    /// Last time a bad frame was logged, and how many were not logged since.
+    bad_frame_log: Cell<(Option<Instant>, u64)>,
     deadlines: Rc<Deadlines>,
     cfg: LinkConfig,
 }
 
 impl LinkInner {
-    /// Completes request `id` if it is still waiting; returns whether it was.
-    fn complete(&self, id: u32, result: Result<BtpPacket, LinkError>) -> bool {
+    /// Completes request `id` if it is still waiting; else hands `result` back.
+    fn complete(
+        &self,
+        id: u32,
+        result: Result<BtpPacket, LinkError>,
+    ) -> Result<(), Result<BtpPacket, LinkError>> {
         let mut pending = self.pending.borrow_mut();
         let Some(p) = pending.get_mut(&id) else {
-            return false;
+            return Err(result);
         };
         let Slot::Waiting(waker) = &mut p.slot else {
-            return false;
+            return Err(result);
         };
         let waker = waker.take();
         p.slot = Slot::Done(result);
@@ -126,21 +211,7 @@ impl LinkInner {
         if let Some(w) = waker {
             w.wake();
         }
-        true
-    }
-
-    pub(crate) fn is_pending(&self, id: u32, at: Instant) -> bool {
-        self.pending
-            .borrow()
-            .get(&id)
-            .is_some_and(|p| p.at == at && matches!(p.slot, Slot::Waiting(_)))
-    }
-
-    /// The deadline for request `id` (set at `at`) passed.
-    pub(crate) fn expire(&self, id: u32, at: Instant) {
-        if self.is_pending(id, at) {
-            self.complete(id, Err(LinkError::Timeout));
-        }
+        Ok(())
     }
 
     fn fail_all(&self) {
@@ -152,8 +223,106 @@ impl LinkInner {
             .map(|(id, _)| *id)
             .collect();
         for id in waiting {
-            self.complete(id, Err(LinkError::LinkLost));
+            let _ = self.complete(id, Err(LinkError::LinkLost));
         }
+    }
+
+    fn wake_task(&self) {
+        if let Some(w) = self.task.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn push(&self, item: Outbound) {
+        self.queued_bytes.set(self.queued_bytes.get() + item.len());
+        if matches!(item, Outbound::Request { .. }) {
+            self.queued_requests.set(self.queued_requests.get() + 1);
+        }
+        self.queue.borrow_mut().push_back(item);
+        self.wake_task();
+    }
+
+    fn pop(&self) -> Option<Outbound> {
+        let item = self.queue.borrow_mut().pop_front()?;
+        self.queued_bytes
+            .set(self.queued_bytes.get().saturating_sub(item.len()));
+        if matches!(item, Outbound::Request { .. }) {
+            self.queued_requests
+                .set(self.queued_requests.get().saturating_sub(1));
+        }
+        Some(item)
+    }
+
+    /// Whether the link task may read the next frame now (see the module doc).
+    fn may_read(&self) -> bool {
+        !self.closing.get()
+            && self.unanswered_in.get() < self.cfg.max_unanswered_in
+            && self.queued_bytes.get() < self.cfg.max_queued_bytes
+    }
+
+    /// A response arrived for an id nobody waits for: report it if it is a late Fulfill.
+    fn unknown_response(&self, id: u32, packet: &BtpPacket) {
+        let amount = self
+            .given_up
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|(_, a)| *a);
+        let is_fulfill = matches!(
+            packet.ilp().map(Packet::decode),
+            Some(Ok(Packet::Fulfill(_)))
+        );
+        match amount {
+            Some(amount) if is_fulfill => {
+                let c = &self.cfg.counters;
+                c.late_fulfills.fetch_add(1, Relaxed);
+                c.late_fulfill_amount.fetch_add(amount, Relaxed);
+                tracing::warn!(nodeId = %self.cfg.node_id, component = "btp_link", event = "late_fulfill", peer = %self.peer_id, request_id = id, amount,
+                    "the next hop fulfilled after we stopped waiting; the amount is at risk");
+            }
+            _ => {
+                tracing::debug!(nodeId = %self.cfg.node_id, component = "btp_link", event = "unknown_response", peer = %self.peer_id, request_id = id);
+            }
+        }
+    }
+
+    /// Logs a bad frame from the peer: the first at once, then at most one line per second
+    /// with the number left out (a flood of garbage must not become a flood of log lines).
+    fn log_bad_frame(&self, error: &dyn std::fmt::Display) {
+        self.cfg.counters.bad_frames.fetch_add(1, Relaxed);
+        let (last, skipped) = self.bad_frame_log.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.bad_frame_log.set((last, skipped + 1));
+            return;
+        }
+        self.bad_frame_log.set((Some(now), 0));
+        tracing::warn!(nodeId = %self.cfg.node_id, component = "btp_link", event = "btp_error", peer = %self.peer_id,
+            error = %error, not_logged_since_last = skipped, "unparsable BTP frame");
+    }
+}
+
+impl Expire for LinkInner {
+    fn is_pending(&self, id: u32, at: Instant) -> bool {
+        self.pending
+            .borrow()
+            .get(&id)
+            .is_some_and(|p| p.at == at && matches!(p.slot, Slot::Waiting(_)))
+    }
+
+    fn expire(&self, id: u32, at: Instant) {
+        let amount = match self.pending.borrow().get(&id) {
+            Some(p) if p.at == at && matches!(p.slot, Slot::Waiting(_)) => p.amount,
+            _ => return,
+        };
+        let mut given_up = self.given_up.borrow_mut();
+        if given_up.len() >= LATE_MEMORY {
+            given_up.pop_front();
+        }
+        given_up.push_back((id, amount));
+        drop(given_up);
+        let _ = self.complete(id, Err(LinkError::Timeout));
     }
 }
 
@@ -181,29 +350,36 @@ impl Drop for SlotGuard<'_> {
 #[derive(Clone)]
 pub struct Link(Rc<LinkInner>);
 
-static NEXT_LINK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Link {
-    /// A new link handle and the receiving end of its outgoing queue (for [`run`]).
-    pub fn new(
-        peer_id: &str,
-        cfg: LinkConfig,
-        deadlines: Rc<Deadlines>,
-    ) -> (Link, LocalReceiver<Outbound>) {
-        let (out, rx) = local_channel::new_bounded(cfg.queue_capacity);
+    /// A new link handle; [`run`] then drives its socket.
+    pub fn new(peer_id: &str, cfg: LinkConfig, deadlines: Rc<Deadlines>) -> Link {
         let inner = LinkInner {
-            id: NEXT_LINK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: NEXT_LINK_ID.fetch_add(1, Relaxed),
             peer_id: peer_id.into(),
-            out,
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            queued_requests: Cell::new(0),
+            task: RefCell::new(None),
+            writing: Cell::new(false),
+            writes_done: Cell::new(0),
+            write_aborted: Cell::new(false),
+            ping_wanted: Cell::new(false),
+            unanswered_in: Cell::new(0),
             pending: RefCell::new(HashMap::default()),
+            given_up: RefCell::new(VecDeque::new()),
             next_id: Cell::new(1),
+            closing: Cell::new(false),
             closed: Cell::new(false),
             heard: Cell::new(true),
+            last_heard: Cell::new(Instant::now()),
             spare: RefCell::new(Vec::new()),
+            bad_frame_log: Cell::new((None, 0)),
             deadlines,
             cfg,
         };
-        (Link(Rc::new(inner)), rx)
+        Link(Rc::new(inner))
     }
 
     pub fn id(&self) -> u64 {
@@ -214,12 +390,27 @@ impl Link {
         &self.0.peer_id
     }
 
+    /// Open for new requests: not closed, not closing.
     pub fn is_open(&self) -> bool {
-        !self.0.closed.get()
+        !self.0.closed.get() && !self.0.closing.get()
     }
 
     pub fn pending_count(&self) -> usize {
         self.0.pending.borrow().len()
+    }
+
+    /// Frames waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.0.queue.borrow().len()
+    }
+
+    /// How long no frame has arrived (granularity: the keep-alive tick, ≤ 1 s).
+    pub fn idle_for(&self) -> Duration {
+        if self.0.heard.get() {
+            Duration::ZERO
+        } else {
+            self.0.last_heard.get().elapsed()
+        }
     }
 
     /// An empty buffer for a frame to send on this link (recycled when there is one).
@@ -260,22 +451,27 @@ impl Link {
         deadline: Option<Instant>,
     ) -> Result<BtpPacket, LinkError> {
         let limit = Instant::now() + self.0.cfg.send_timeout;
-        self.request_until(frame, deadline.map_or(limit, |d| d.min(limit)))
+        self.request_until(frame, deadline.map_or(limit, |d| d.min(limit)), 0)
             .await
     }
 
-    /// As [`Link::request`], with the final deadline computed by the caller (who has already
-    /// applied the send timeout); saves reading the clock.
+    /// As [`Link::request`], with the final deadline `at` computed by the caller (who has
+    /// already applied the send timeout; saves reading the clock). `amount` is reported if a
+    /// Fulfill arrives after `at`.
     pub async fn request_until(
         &self,
         mut frame: BytesMut,
         at: Instant,
+        amount: u64,
     ) -> Result<BtpPacket, LinkError> {
-        let inner = &self.0;
-        if inner.closed.get() {
+        let inner = &*self.0;
+        if !self.is_open() {
             return Err(LinkError::LinkLost);
         }
-        if inner.pending.borrow().len() >= inner.cfg.max_pending {
+        if inner.pending.borrow().len() >= inner.cfg.max_pending
+            || inner.queued_requests.get() >= inner.cfg.queue_capacity
+            || inner.queued_bytes.get() >= inner.cfg.max_queued_bytes
+        {
             return Err(LinkError::QueueFull);
         }
         let id = self.alloc_id();
@@ -285,20 +481,18 @@ impl Link {
             id,
             Pending {
                 at,
+                amount,
                 slot: Slot::Waiting(None),
             },
         );
-        inner.deadlines.add(at, Rc::downgrade(inner), id);
+        let weak: std::rc::Weak<dyn Expire> = Rc::downgrade(&self.0) as _;
+        inner.deadlines.add(at, weak, id);
         let _guard = SlotGuard { inner, id };
-        // A full queue makes the caller wait (back-pressure); the deadline still applies.
-        if inner
-            .out
-            .send(Outbound::Frame(frame.freeze()))
-            .await
-            .is_err()
-        {
-            return Err(LinkError::LinkLost);
-        }
+        inner.push(Outbound::Request {
+            frame: frame.freeze(),
+            id,
+            at,
+        });
         std::future::poll_fn(|cx| {
             let mut pending = inner.pending.borrow_mut();
             let Some(p) = pending.get_mut(&id) else {
@@ -323,36 +517,27 @@ impl Link {
         .await
     }
 
-    /// Queues a frame (an answer to the peer's request), waiting for room in the queue.
-    pub async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
+    /// Queues the answer to one of the peer's requests. Never waits: the link bounds what
+    /// it holds by reading less (see the module doc).
+    pub fn send(&self, frame: Bytes) -> Result<(), LinkError> {
         if self.0.closed.get() {
             return Err(LinkError::LinkLost);
         }
-        self.0
-            .out
-            .send(Outbound::Frame(frame))
-            .await
-            .map_err(|_| LinkError::LinkLost)
+        self.0.push(Outbound::Answer(frame));
+        Ok(())
     }
 
-    /// Queues a frame without waiting; [`LinkError::QueueFull`] when the queue has no room.
-    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
-        if self.0.closed.get() {
-            return Err(LinkError::LinkLost);
-        }
-        self.0
-            .out
-            .try_send(Outbound::Frame(frame))
-            .map_err(|e| match e {
-                glommio::GlommioError::Closed(_) => LinkError::LinkLost,
-                _ => LinkError::QueueFull,
-            })
+    /// Fails every request still waiting for an answer on this link ([`LinkError::LinkLost`]);
+    /// their queued frames are then not written. The link stays up.
+    pub fn fail_pending(&self) {
+        self.0.fail_all();
     }
 
-    /// Asks the link task to close the socket.
+    /// Asks the link task to write what is queued and close the socket. Requests are
+    /// refused from now on; the ones pending fail when the task ends.
     pub fn close(&self) {
-        let _ = self.0.out.try_send(Outbound::Close);
-        self.0.closed.set(true);
+        self.0.closing.set(true);
+        self.0.wake_task();
     }
 }
 
@@ -370,7 +555,7 @@ fn error_frame(request_id: u32, code: &[u8; 3], data: &[u8]) -> Bytes {
 
 enum Event {
     In(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
-    Out(Option<Outbound>),
+    Out,
 }
 
 /// Most frames written before one flush.
@@ -384,77 +569,213 @@ const MIN_FRAME_BUF: usize = 512;
 const MAX_SPARE: usize = 256;
 const MAX_SPARE_CAPACITY: usize = 4096;
 
-/// The keep-alive task: see the module doc. Ends when the link does.
-async fn keep_alive(
-    link: std::rc::Weak<LinkInner>,
-    ping_interval: Duration,
-    pong_timeout: Duration,
-) {
+/// Longest keep-alive tick (so [`Link::idle_for`] is accurate to about a second).
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// The keep-alive task: see the module doc. It is also the write watchdog: a write in
+/// progress that completes nothing for `write_timeout` is aborted (no timer is armed per
+/// write, so writing costs no allocation). Ends when the link does.
+async fn keep_alive(link: std::rc::Weak<LinkInner>) {
+    let Some(cfg) = link.upgrade().map(|i| i.cfg.clone()) else {
+        return;
+    };
+    let tick = cfg
+        .ping_interval
+        .min(cfg.pong_timeout)
+        .min(cfg.write_timeout / 2)
+        .min(MAX_TICK)
+        .max(Duration::from_millis(1));
+    let mut ping_sent: Option<Instant> = None;
+    // Writes completed when the current stall was first seen, and when.
+    let mut stall: Option<(u64, Instant)> = None;
     loop {
-        glommio::timer::sleep(ping_interval).await;
+        glommio::timer::sleep(tick).await;
         let Some(inner) = link.upgrade().filter(|i| !i.closed.get()) else {
             return;
         };
+        let now = Instant::now();
+        if inner.writing.get() {
+            let done = inner.writes_done.get();
+            match stall {
+                Some((n, since)) if n == done => {
+                    if now.duration_since(since) >= cfg.write_timeout {
+                        inner.cfg.counters.write_timeouts.fetch_add(1, Relaxed);
+                        tracing::warn!(nodeId = %cfg.node_id, component = "btp_link", event = "write_timeout", peer = %inner.peer_id,
+                            timeout_ms = cfg.write_timeout.as_millis() as u64, "peer stopped reading; closing the link");
+                        inner.write_aborted.set(true);
+                        inner.close_now();
+                        return;
+                    }
+                }
+                _ => stall = Some((done, now)),
+            }
+        } else {
+            stall = None;
+        }
         if inner.heard.replace(false) {
+            inner.last_heard.set(now);
+            ping_sent = None;
             continue;
         }
-        let _ = inner.out.try_send(Outbound::Ping);
-        drop(inner);
-        glommio::timer::sleep(pong_timeout).await;
-        let Some(inner) = link.upgrade().filter(|i| !i.closed.get()) else {
-            return;
-        };
-        if !inner.heard.replace(false) {
-            tracing::debug!(nodeId = %inner.cfg.node_id, component = "btp_link", event = "pong_timeout", peer = %inner.peer_id);
-            if inner.out.try_send(Outbound::Close).is_ok() {
+        match ping_sent {
+            None if now.duration_since(inner.last_heard.get()) >= cfg.ping_interval => {
+                ping_sent = Some(now);
+                inner.ping_wanted.set(true);
+                inner.wake_task();
+            }
+            Some(t) if now.duration_since(t) >= cfg.pong_timeout => {
+                tracing::debug!(nodeId = %cfg.node_id, component = "btp_link", event = "pong_timeout", peer = %inner.peer_id);
+                inner.close_now();
                 return;
             }
+            _ => {}
         }
     }
 }
 
-/// The link task: owns `ws` until the link ends. Returns when the socket closes, fails, the
-/// keep-alive times out, or [`Link::close`] is called.
-pub async fn run<S>(
-    mut ws: WebSocketStream<S>,
-    link: Link,
-    rx: LocalReceiver<Outbound>,
-    handler: IncomingHandler,
-) where
+impl LinkInner {
+    /// Closes without writing what is queued (the peer stopped answering).
+    fn close_now(&self) {
+        for item in self.queue.borrow_mut().drain(..) {
+            drop(item);
+        }
+        self.queued_bytes.set(0);
+        self.queued_requests.set(0);
+        self.closing.set(true);
+        self.wake_task();
+    }
+}
+
+/// Resolves when the link task has something to write, or may read again, or must close.
+fn outbound_ready(inner: &LinkInner, reading: bool) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        if !inner.queue.borrow().is_empty()
+            || inner.ping_wanted.get()
+            || inner.closing.get()
+            || (!reading && inner.may_read())
+        {
+            return Poll::Ready(());
+        }
+        let mut task = inner.task.borrow_mut();
+        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *task = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+}
+
+/// The link is dead: the socket failed, or the watchdog aborted a stalled write.
+struct Dead;
+
+/// Writes up to [`MAX_BATCH`] queued frames (skipping requests no longer pending) and a
+/// requested ping, then flushes.
+async fn write_batch<S>(ws: &mut WebSocketStream<S>, inner: &LinkInner) -> Result<(), Dead>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut fed = 0;
+    while fed < MAX_BATCH {
+        let Some(item) = inner.pop() else { break };
+        let (frame, answer) = match item {
+            Outbound::Request { frame, id, at } => {
+                if !inner.is_pending(id, at) {
+                    continue;
+                }
+                (frame, false)
+            }
+            Outbound::Answer(frame) => (frame, true),
+            Outbound::Other(frame) => (frame, false),
+        };
+        watched_write(inner, ws.feed(Message::Binary(frame.clone()))).await?;
+        if answer {
+            inner
+                .unanswered_in
+                .set(inner.unanswered_in.get().saturating_sub(1));
+        }
+        // tungstenite copied the frame: ours is the last handle, reuse the buffer.
+        if let Ok(mut buf) = frame.try_into_mut() {
+            let mut spare = inner.spare.borrow_mut();
+            if spare.len() < MAX_SPARE && buf.capacity() <= MAX_SPARE_CAPACITY {
+                buf.clear();
+                spare.push(buf);
+            }
+        }
+        fed += 1;
+    }
+    if inner.ping_wanted.replace(false) {
+        watched_write(inner, ws.feed(Message::Ping(Bytes::new()))).await?;
+    }
+    watched_write(inner, ws.flush()).await
+}
+
+/// One socket write, under the watchdog's eye: it ends with [`Dead`] if the socket fails or
+/// the watchdog aborts it (no progress for the write timeout).
+async fn watched_write<E>(
+    inner: &LinkInner,
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), Dead> {
+    if inner.write_aborted.get() {
+        return Err(Dead);
+    }
+    inner.writing.set(true);
+    let aborted = std::future::poll_fn(|cx| {
+        if inner.write_aborted.get() {
+            return Poll::Ready(Err(Dead));
+        }
+        let mut task = inner.task.borrow_mut();
+        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *task = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    });
+    let result = futures_lite::future::or(async { fut.await.map_err(|_| Dead) }, aborted).await;
+    inner.writing.set(false);
+    inner.writes_done.set(inner.writes_done.get() + 1);
+    result
+}
+
+/// The link task: owns `ws` until the link ends. Returns when the socket closes, fails, a
+/// write times out, the keep-alive times out, or [`Link::close`] is called (after writing
+/// what was queued).
+pub async fn run<S>(mut ws: WebSocketStream<S>, link: Link, handler: IncomingHandler)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let inner = link.0.clone();
-    glommio::spawn_local(keep_alive(
-        Rc::downgrade(&inner),
-        inner.cfg.ping_interval,
-        inner.cfg.pong_timeout,
-    ))
-    .detach();
-    'outer: loop {
-        // `Link::close` also queues a Close, but a full queue may not take it.
-        if inner.closed.get() {
-            let _ = ws.flush().await;
+    glommio::spawn_local(keep_alive(Rc::downgrade(&inner))).detach();
+    loop {
+        if inner.closing.get() {
+            // Write what is queued (answers the peer is owed), then close.
+            while !inner.queue.borrow().is_empty() {
+                if write_batch(&mut ws, &inner).await.is_err() {
+                    break;
+                }
+            }
             break;
         }
-        let ev = futures_lite::future::or(async { Event::In(ws.next().await) }, async {
-            Event::Out(rx.recv().await)
-        })
-        .await;
+        let ev = if inner.may_read() {
+            futures_lite::future::or(async { Event::In(ws.next().await) }, async {
+                outbound_ready(&inner, true).await;
+                Event::Out
+            })
+            .await
+        } else {
+            outbound_ready(&inner, false).await;
+            Event::Out
+        };
         match ev {
             Event::In(None) | Event::In(Some(Err(_))) => break,
             Event::In(Some(Ok(msg))) => {
                 inner.heard.set(true);
                 match msg {
-                    Message::Binary(data) => {
-                        if let Some(reply) = handle_frame(&link, data, &handler) {
-                            if reply.is_empty() || ws.send(Message::Binary(reply)).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
+                    Message::Binary(data) => match handle_frame(&link, data, &handler) {
+                        FrameOutcome::Done => {}
+                        FrameOutcome::Reply(reply) => inner.push(Outbound::Other(reply)),
+                        FrameOutcome::Close => break,
+                    },
                     Message::Ping(_) => {
                         // tungstenite queued the pong; get it out.
-                        if ws.flush().await.is_err() {
+                        if watched_write(&inner, ws.flush()).await.is_err() {
                             break;
                         }
                     }
@@ -462,36 +783,8 @@ pub async fn run<S>(
                     Message::Pong(_) | Message::Text(_) | Message::Frame(_) => {}
                 }
             }
-            Event::Out(None) => break,
-            Event::Out(Some(first)) => {
-                let mut next = Some(first);
-                let mut fed = 0;
-                while let Some(item) = next.take() {
-                    let (msg, written) = match item {
-                        Outbound::Frame(f) => (Message::Binary(f.clone()), Some(f)),
-                        Outbound::Ping => (Message::Ping(Bytes::new()), None),
-                        Outbound::Close => {
-                            let _ = ws.flush().await;
-                            break 'outer;
-                        }
-                    };
-                    if ws.feed(msg).await.is_err() {
-                        break 'outer;
-                    }
-                    // tungstenite copied the frame: ours is the last handle, reuse the buffer.
-                    if let Some(Ok(mut buf)) = written.map(Bytes::try_into_mut) {
-                        let mut spare = inner.spare.borrow_mut();
-                        if spare.len() < MAX_SPARE && buf.capacity() <= MAX_SPARE_CAPACITY {
-                            buf.clear();
-                            spare.push(buf);
-                        }
-                    }
-                    fed += 1;
-                    if fed < MAX_BATCH {
-                        next = futures_lite::future::poll_once(rx.recv()).await.flatten();
-                    }
-                }
-                if ws.flush().await.is_err() {
+            Event::Out => {
+                if write_batch(&mut ws, &inner).await.is_err() {
                     break;
                 }
             }
@@ -499,12 +792,23 @@ pub async fn run<S>(
     }
     inner.closed.set(true);
     inner.fail_all();
-    let _ = ws.close(None).await;
+    inner.close_now();
+    if !inner.write_aborted.get() {
+        let _ = within(Duration::from_secs(1), ws.close(None)).await;
+    }
 }
 
-/// Handles one incoming binary frame; returns a frame to write at once, an empty `Bytes` to
-/// close the link, or `None`.
-fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<Bytes> {
+enum FrameOutcome {
+    Done,
+    /// Write this frame back.
+    Reply(Bytes),
+    /// Close the link.
+    Close,
+}
+
+/// Handles one incoming binary frame.
+fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> FrameOutcome {
+    let inner = &*link.0;
     let raw_type = data.first().copied();
     let raw_id = data
         .get(1..5)
@@ -512,10 +816,12 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<B
     let packet = match BtpPacket::decode(data) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(nodeId = %link.0.cfg.node_id, component = "btp_link", event = "btp_error", peer = %link.peer_id(), error = %e, "unparsable BTP frame");
+            inner.log_bad_frame(&e);
             return match (raw_type, raw_id) {
-                (Some(6 | 7), Some(id)) => Some(error_frame(id, b"F01", e.to_string().as_bytes())),
-                _ => Some(Bytes::new()),
+                (Some(6 | 7), Some(id)) => {
+                    FrameOutcome::Reply(error_frame(id, b"F01", e.to_string().as_bytes()))
+                }
+                _ => FrameOutcome::Close,
             };
         }
     };
@@ -529,16 +835,17 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> Option<B
                 }),
                 None => Ok(packet),
             };
-            if !link.0.complete(id, result) {
-                tracing::debug!(nodeId = %link.0.cfg.node_id, component = "btp_link", event = "unknown_response", peer = %link.peer_id(), request_id = id);
+            if let Err(Ok(packet)) = inner.complete(id, result) {
+                inner.unknown_response(id, &packet);
             }
-            None
+            FrameOutcome::Done
         }
         BtpType::Message => {
+            inner.unanswered_in.set(inner.unanswered_in.get() + 1);
             handler(link.clone(), packet);
-            None
+            FrameOutcome::Done
         }
-        BtpType::Transfer => Some(error_frame(
+        BtpType::Transfer => FrameOutcome::Reply(error_frame(
             packet.request_id(),
             b"F00",
             b"settlement (TRANSFER) is not supported",

@@ -1,6 +1,9 @@
 //! Accepting peers on one shard: bind (SO_REUSEPORT, so every shard binds the same port),
 //! accept, upgrade to WebSocket on `/` or `/accounts/<user>/ilp/btp`, then authenticate the
-//! first frame within a bound. On failure a BTP ERROR (F00) is sent and the socket closed.
+//! first frame. The handshake and the auth together are bounded by one timeout. A peer that
+//! authenticates is then *admitted* (a check of the caller's, e.g. its connection limit)
+//! before it is told it succeeded. On any failure a BTP ERROR (F00) is sent and the socket
+//! closed.
 
 use std::time::Duration;
 
@@ -14,6 +17,11 @@ use glommio::net::TcpStream;
 
 use super::auth::{authenticate, user_from_path, Credential};
 use super::{within, ws_config, LinkError};
+
+/// Admits every peer that authenticates (for callers without connection limits).
+pub fn admit_all(_peer: &str) -> Result<(), String> {
+    Ok(())
+}
 use crate::codec::btp::{self, BtpBody};
 use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
 
@@ -24,6 +32,22 @@ pub async fn accept_peer(
     stream: TcpStream,
     creds: &[Credential],
     auth_timeout: Duration,
+    admit: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
+    within(auth_timeout, accept_within(stream, creds, admit))
+        .await
+        .unwrap_or_else(|| {
+            Err(LinkError::Auth(
+                "handshake and auth not done in time".into(),
+            ))
+        })
+}
+
+#[allow(clippy::result_large_err)]
+async fn accept_within(
+    stream: TcpStream,
+    creds: &[Credential],
+    admit: impl FnOnce(&str) -> Result<(), String>,
 ) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
     let _ = stream.set_nodelay(true);
     let mut path = String::new();
@@ -40,27 +64,21 @@ pub async fn accept_peer(
             Err(r)
         }
     };
-    let mut ws = within(
-        auth_timeout,
-        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())),
-    )
-    .await
-    .ok_or_else(|| LinkError::Connect("websocket handshake timed out".into()))?
-    .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let mut ws =
+        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
+            .await
+            .map_err(|e| LinkError::Connect(e.to_string()))?;
 
-    let first = within(auth_timeout, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Some(b),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return None,
-            }
+    let first = loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => break Some(b),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => break None,
         }
-    })
-    .await;
-    let Some(Some(first)) = first else {
+    };
+    let Some(first) = first else {
         let _ = ws.close(None).await;
-        return Err(LinkError::Auth("no auth frame in time".into()));
+        return Err(LinkError::Auth("closed before the auth frame".into()));
     };
     let (request_id, verdict) = match BtpPacket::decode(first) {
         Ok(p) => (
@@ -71,6 +89,7 @@ pub async fn accept_peer(
         ),
         Err(e) => (0, Err(format!("unparsable auth frame: {e}"))),
     };
+    let verdict = verdict.and_then(|peer| admit(&peer).map(|()| peer));
     let mut out = BytesMut::new();
     match verdict {
         Ok(peer) => {

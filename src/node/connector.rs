@@ -22,6 +22,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use super::metrics::ShardMetrics;
 use super::peers::{PeerEntry, PeerError, Peers};
 use super::shard::{Handoff, Shard};
+use crate::btp::link::LinkCounters;
 use crate::codec::Address;
 use crate::config::{Config, PeerConfig, Relation};
 use crate::routing::RoutingTable;
@@ -32,6 +33,8 @@ pub struct NodeShared {
     pub routing: RoutingTable,
     pub peers: Peers,
     pub metrics: Vec<Arc<ShardMetrics>>,
+    /// Counters every link of the node adds to (late Fulfills, write timeouts, bad frames).
+    pub link_counters: Arc<LinkCounters>,
     pub stopping: AtomicBool,
     started: Instant,
     ready: AtomicBool,
@@ -62,6 +65,8 @@ pub struct Health {
 /// A running connector.
 pub struct ConnectorNode {
     shared: Arc<NodeShared>,
+    /// Held while the node runs: no second node may serve this BTP port.
+    port_lock: Option<PortLock>,
     threads: Option<PoolThreadHandles<()>>,
     btp_port: u16,
     admin: Option<super::super::admin::AdminServer>,
@@ -101,6 +106,7 @@ impl ConnectorNode {
         let shared = Arc::new(NodeShared {
             peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
+            link_counters: Arc::default(),
             address,
             routing,
             stopping: AtomicBool::new(false),
@@ -126,6 +132,10 @@ impl ConnectorNode {
             .clone()
             .unwrap_or_else(|| "127.0.0.1".into());
         let configured_port = shared.config.btp_server_port;
+        let port_lock = match configured_port {
+            0 => None,
+            port => Some(PortLock::take(port).map_err(|reason| StartError::Bind { port, reason })?),
+        };
         let (port_tx, port_rx) = mpsc::channel::<Result<u16, String>>();
         let resolved = Arc::new(std::sync::OnceLock::<u16>::new());
         // Handing packets between shards: one bounded SPSC channel per ordered pair.
@@ -224,6 +234,7 @@ impl ConnectorNode {
         let btp_port = port.unwrap_or(configured_port);
         let mut node = ConnectorNode {
             shared: shared.clone(),
+            port_lock,
             threads: Some(threads),
             btp_port,
             admin: None,
@@ -303,6 +314,7 @@ impl ConnectorNode {
         if let Some(a) = self.admin.take() {
             a.stop();
         }
+        self.port_lock = None;
         tracing::info!(nodeId = %self.shared.config.node_id, component = "connector", event = "connector_stopped");
     }
 }
@@ -310,6 +322,34 @@ impl ConnectorNode {
 impl Drop for ConnectorNode {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One node per BTP port. The shards share the port with SO_REUSEPORT, which would just as
+/// well let a second node (same user) bind it and silently take a share of the connections.
+/// So a node holds an exclusive lock on `<tmp>/ilp-connector-btp-<port>.lock` while it runs;
+/// the kernel drops it when the process ends, however it ends.
+struct PortLock(#[allow(dead_code)] std::fs::File);
+
+impl PortLock {
+    fn take(port: u16) -> Result<PortLock, String> {
+        let path = std::env::temp_dir().join(format!("ilp-connector-btp-{port}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(PortLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another node is running on this port (it holds {})",
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
     }
 }
 

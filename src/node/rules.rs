@@ -3,8 +3,9 @@
 //! ILP error codes (the DESIGN table).
 //!
 //! Per Prepare, in order: `peer.*` handled locally (ILDCP for children, else F02) → expired on
-//! arrival R00 → route lookup F02 → outgoing expiry `min(in − margin, now + max_hold)`, R02 when
-//! less than `margin` would be left → forward. Answers: Fulfill checked against the condition
+//! arrival R00 → route lookup F02 → outgoing expiry
+//! `min(in − margin, now + send_timeout, now + max_hold)`, R02 when less than `margin` would be
+//! left → forward. Answers: Fulfill checked against the condition
 //! (F05 when wrong), Rejects passed through unchanged, link failures mapped by
 //! [`reject_for_link_error`].
 
@@ -22,6 +23,19 @@ use crate::codec::{ErrorCode, Fulfill, FulfillFields, Prepare, RejectFields, Tim
 pub struct Timing {
     pub margin_ms: i64,
     pub max_hold_ms: i64,
+    /// How long we wait for the next hop's answer: the outgoing expiry is never later, so
+    /// a Fulfill cannot arrive after we gave up and answered upstream.
+    pub send_timeout_ms: i64,
+}
+
+impl Timing {
+    /// How long past the outgoing expiry we still wait for an answer (a Fulfill sent just
+    /// before the expiry is still on the wire): half the margin, at most 500 ms. The
+    /// incoming Prepare expires a full margin after the outgoing one, so upstream still gets
+    /// its answer in time.
+    pub fn grace_ms(&self) -> i64 {
+        (self.margin_ms / 2).min(500)
+    }
 }
 
 /// A Reject this node creates.
@@ -103,15 +117,14 @@ pub fn decide<H>(
     let Some(next_hop) = lookup(dest) else {
         return Decision::Refuse(Refusal::new(ErrorCode::F02_UNREACHABLE, "no route found"));
     };
-    let out = expires
-        .add_millis(-timing.margin_ms)
-        .min(now.add_millis(timing.max_hold_ms));
-    if out.unix_millis() - now.unix_millis() < timing.margin_ms {
+    let from_incoming = expires.add_millis(-timing.margin_ms);
+    if from_incoming.unix_millis() - now.unix_millis() < timing.margin_ms {
         return Decision::Refuse(Refusal::new(
             ErrorCode::R02_INSUFFICIENT_TIMEOUT,
             "not enough time left to forward the packet",
         ));
     }
+    let out = from_incoming.min(now.add_millis(timing.max_hold_ms.min(timing.send_timeout_ms)));
     Decision::Forward {
         next_hop,
         expires_at: out,
@@ -201,6 +214,7 @@ mod tests {
     const T: Timing = Timing {
         margin_ms: 1_000,
         max_hold_ms: 30_000,
+        send_timeout_ms: 60_000,
     };
     const NOW: i64 = 1_800_000_000_000;
 
@@ -276,6 +290,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The send timeout caps it too (we never wait less than the expiry we set).
+        let t = Timing {
+            send_timeout_ms: 10_000,
+            ..T
+        };
+        match decide(
+            &prepare("test.c.x", 120_000, [0; 32]),
+            now(),
+            t,
+            false,
+            route,
+        ) {
+            Decision::Forward { expires_at, .. } => {
+                assert_eq!(expires_at.unix_millis(), NOW + 10_000)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.grace_ms(), 500);
         // Exactly 2 × margin left: out - now == margin, still enough.
         assert_eq!(outcome("test.c.x", 2_000, [0; 32], false), "forward");
         // Just under: R02.

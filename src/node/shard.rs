@@ -10,7 +10,14 @@
 //! A packet goes out on a link of this shard when there is one; only when the next hop has no
 //! link here (a peer that dialled in and landed on another shard) is the encoded frame handed
 //! to a shard that has one, and that shard sends the answer back through a oneshot channel.
-//! No link anywhere → T01 at once. More than `maxInFlightPerShard` Prepares at once → T03.
+//! No link anywhere → T01 at once. More than `maxInFlightPerShard` Prepares at once → T03;
+//! more than `maxInFlightPerPeer` from one peer → T05 (that peer only); a Prepare routed back
+//! to the peer it came from → F02.
+//!
+//! Stopping ([`Shard::run`]): new Prepares are answered T03 at once; in-flight ones get until
+//! `drainTimeoutMs`; then every request still pending on this shard's links is failed (so its
+//! Prepare is answered T01/R00), and only once every Prepare is answered and every queued
+//! answer written are the links closed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -50,7 +57,9 @@ pub struct Handoff {
     next_hop: Arc<str>,
     /// The BTP MESSAGE, ready to send (its request id is set by the link).
     frame: BytesMut,
+    /// Already bounded by the send timeout (see `process`).
     deadline: Instant,
+    amount: u64,
     reply: oneshot::Sender<Result<BtpPacket, LinkError>>,
 }
 
@@ -60,7 +69,8 @@ pub type Mesh = (Senders<Handoff>, Receivers<Handoff>);
 /// Idle workers beyond this many end (the pool shrinks back after a burst).
 const MAX_IDLE_WORKERS: usize = 256;
 
-type Job = (Link, BtpPacket);
+/// A MESSAGE to answer, the link it came on and its peer's in-flight count on this shard.
+type Job = (Link, BtpPacket, Rc<Cell<usize>>);
 
 /// The shard's packet workers: jobs in an unbounded local queue, `idle` workers waiting on
 /// it, `queued` jobs not yet taken (a worker is spawned when jobs outnumber idle workers).
@@ -100,6 +110,10 @@ pub struct Shard {
     link_cfg: LinkConfig,
     handoff: Option<Senders<Handoff>>,
     workers: Workers,
+    /// Prepares in flight per source peer on this shard (shared by the peer's links).
+    peer_load: RefCell<HashMap<String, Rc<Cell<usize>>>>,
+    /// Accepted connections not yet authenticated.
+    unauthenticated: Cell<usize>,
 }
 
 impl Shard {
@@ -114,8 +128,13 @@ impl Shard {
             send_timeout: Duration::from_millis(c.send_timeout_ms),
             ping_interval: Duration::from_millis(c.ping_interval_ms),
             pong_timeout: Duration::from_millis(c.pong_timeout_ms),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
             queue_capacity: 4096,
             max_pending: c.max_in_flight_per_link,
+            // Answers past the peer's share are quick T05s; stop reading well after that.
+            max_unanswered_in: c.max_in_flight_per_peer.saturating_mul(2).max(1024),
+            max_queued_bytes: 16 << 20,
+            counters: node.link_counters.clone(),
         };
         let shard = Rc::new(Shard {
             index,
@@ -136,6 +155,8 @@ impl Shard {
                 }
             },
             node,
+            peer_load: RefCell::new(HashMap::new()),
+            unauthenticated: Cell::new(0),
         });
         shard.refresh_peers();
         shard
@@ -202,13 +223,20 @@ impl Shard {
 
     /// Every incoming MESSAGE becomes a job for the shard's workers; a worker is added only
     /// when none is free, so in steady state no task is spawned per packet.
-    fn handler(self: &Rc<Self>) -> IncomingHandler {
+    fn handler(self: &Rc<Self>, peer: &str) -> IncomingHandler {
         let shard = self.clone();
+        let load = self
+            .peer_load
+            .borrow_mut()
+            .entry(peer.to_owned())
+            .or_default()
+            .clone();
         Rc::new(move |link: Link, packet: BtpPacket| {
             let w = &shard.workers;
-            // The queue is unbounded (its buffer grows to the peak and stays), so this only
-            // fails once the shard is gone.
-            if w.tx.try_send((link, packet)).is_err() {
+            // The queue is unbounded, but each link stops reading while too many of its
+            // MESSAGEs are unanswered, so it is bounded by links × that. Fails only once the
+            // shard is gone.
+            if w.tx.try_send((link, packet, load.clone())).is_err() {
                 return;
             }
             w.queued.set(w.queued.get() + 1);
@@ -221,13 +249,13 @@ impl Shard {
 
     /// Takes jobs until there are more than enough idle workers.
     async fn worker(self: Rc<Self>) {
-        while let Some((link, packet)) = self.workers.rx.recv().await {
+        while let Some((link, packet, load)) = self.workers.rx.recv().await {
             let w = &self.workers;
             w.queued.set(w.queued.get().saturating_sub(1));
             w.idle.set(w.idle.get().saturating_sub(1));
-            let reply = self.handle_message(&link, &packet).await;
-            let _ = link.send(reply).await;
-            drop((link, packet));
+            let reply = self.handle_message(&link, &packet, &load).await;
+            let _ = link.send(reply);
+            drop((link, packet, load));
             let w = &self.workers;
             if w.idle.get() >= MAX_IDLE_WORKERS {
                 return;
@@ -262,22 +290,37 @@ impl Shard {
         let accept = glommio::spawn_local(async move { me.accept_loop(listener).await });
         self.until_stopping().await;
         accept.await;
-        // Let in-flight packets finish, within the bound; what is left is answered when the
-        // links close (every pending request then completes with link-lost → T01).
+        self.drain().await;
+    }
+
+    /// The graceful stop (see the module doc). New Prepares are already refused (T03) by
+    /// [`Shard::handle_message`] once the node is stopping.
+    async fn drain(&self) {
         let bound = Instant::now() + Duration::from_millis(self.node.config.drain_timeout_ms);
-        while self.metrics.in_flight() > 0 && Instant::now() < bound {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
+        wait_until(bound, || self.metrics.in_flight() <= 0).await;
+        // Leftovers: fail what this shard still waits for, so each Prepare gets T01/R00.
+        for l in self.links.borrow().values().flatten() {
+            l.link.fail_pending();
         }
+        // Their answers are computed by the workers (and hand-overs answered by the other
+        // shards, which drain with the same bound).
+        let bound = Instant::now() + Duration::from_secs(2);
+        wait_until(bound, || self.metrics.in_flight() <= 0).await;
+        // Every link writes what it has queued, then closes.
         for l in self.links.borrow().values().flatten() {
             l.link.close();
         }
-        let bound = Instant::now() + Duration::from_secs(2);
-        while !self.links.borrow().is_empty() && Instant::now() < bound {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
+        let bound = Instant::now()
+            + Duration::from_millis(self.node.config.write_timeout_ms)
+            + Duration::from_secs(1);
+        wait_until(bound, || self.links.borrow().is_empty()).await;
     }
 
+    /// Accepts until the node stops. Accept errors (e.g. EMFILE) back off, doubling up to
+    /// 1 s, and are logged at most once a second.
     async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        let mut backoff = Duration::ZERO;
+        let mut last_log: Option<Instant> = None;
         loop {
             let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
                 self.until_stopping().await;
@@ -287,35 +330,50 @@ impl Shard {
             match next {
                 None => return,
                 Some(Ok(stream)) => {
+                    backoff = Duration::ZERO;
+                    let cap = self.node.config.max_unauthenticated_per_shard;
+                    if self.unauthenticated.get() >= cap {
+                        // Too many half-done handshakes: close this one at once.
+                        drop(stream);
+                        continue;
+                    }
                     let me = self.clone();
                     glommio::spawn_local(async move { me.serve_inbound(stream).await }).detach();
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(nodeId = %self.node.config.node_id, component = "btp_server", event = "accept_error", error = %e);
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        last_log = Some(Instant::now());
+                        tracing::warn!(nodeId = %self.node.config.node_id, component = "btp_server", event = "accept_error", error = %e, backoff_ms = backoff.as_millis() as u64);
+                    }
+                    glommio::timer::sleep(backoff).await;
                 }
             }
         }
     }
 
     async fn serve_inbound(self: Rc<Self>, stream: TcpStream) {
+        let remote = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let auth_timeout = Duration::from_millis(self.node.config.auth_timeout_ms);
         let creds = self.peers.borrow().creds.clone();
-        let (peer, ws) = match accept_peer(stream, &creds, auth_timeout).await {
+        self.unauthenticated.set(self.unauthenticated.get() + 1);
+        let accepted = accept_peer(stream, &creds, auth_timeout, |peer| self.admit(peer)).await;
+        self.unauthenticated
+            .set(self.unauthenticated.get().saturating_sub(1));
+        let (peer, ws) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                tracing::info!(nodeId = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", error = %e);
+                tracing::info!(nodeId = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", remote = %remote, error = %e);
                 return;
             }
         };
-        // Removed while authenticating → refuse.
+        // `admit` found the entry; removed since → the link closes at once in `run_link`.
         let Some(entry) = self.node.peers.get(&peer) else {
             return;
         };
-        if entry.link_count() >= self.node.config.max_connections_per_peer {
-            tracing::warn!(nodeId = %self.node.config.node_id, component = "btp_server", event = "too_many_connections", peer = %peer);
-            return;
-        }
         self.run_link(
             entry,
             ws,
@@ -323,6 +381,43 @@ impl Shard {
             "btp_server_peer_disconnected",
         )
         .await;
+    }
+
+    /// Decides, after a peer authenticated and before it is told so, whether it may have
+    /// another link. At `maxConnectionsPerPeer` it may only replace its link on this shard
+    /// that has been silent longest, if silent for `replaceSilentLinkMs` (a half-open
+    /// leftover of a peer that crashed and reconnects); otherwise it gets a BTP ERROR.
+    fn admit(&self, peer: &str) -> Result<(), String> {
+        let cfg = &self.node.config;
+        let Some(entry) = self.node.peers.get(peer) else {
+            return Err("unknown account".into());
+        };
+        if entry.link_count() < cfg.max_connections_per_peer {
+            return Ok(());
+        }
+        let links = self.links.borrow();
+        let stale = links
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .map(|l| &l.link)
+            .filter(|l| l.is_open())
+            .max_by_key(|l| l.idle_for());
+        match stale {
+            Some(l) if l.idle_for() >= Duration::from_millis(cfg.replace_silent_link_ms) => {
+                tracing::warn!(nodeId = %cfg.node_id, component = "btp_server", event = "stale_link_replaced", peer = %peer,
+                    silent_ms = l.idle_for().as_millis() as u64, shard = self.index);
+                l.close();
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(nodeId = %cfg.node_id, component = "btp_server", event = "too_many_connections", peer = %peer, limit = cfg.max_connections_per_peer);
+                Err(format!(
+                    "too many connections for this account (limit {})",
+                    cfg.max_connections_per_peer
+                ))
+            }
+        }
     }
 
     async fn run_link<S>(
@@ -335,7 +430,7 @@ impl Shard {
         S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
     {
         let peer = entry.id();
-        let (link, rx) = Link::new(peer, self.link_cfg.clone(), self.deadlines.clone());
+        let link = Link::new(peer, self.link_cfg.clone(), self.deadlines.clone());
         self.links
             .borrow_mut()
             .entry(peer.to_owned())
@@ -349,7 +444,7 @@ impl Shard {
         if entry.is_removed() {
             link.close();
         }
-        link::run(ws, link.clone(), rx, self.handler()).await;
+        link::run(ws, link.clone(), self.handler(peer)).await;
         if let Some(v) = self.links.borrow_mut().get_mut(peer) {
             v.retain(|l| l.link.id() != link.id());
         }
@@ -415,7 +510,7 @@ impl Shard {
     /// failure) goes back through the oneshot channel.
     async fn send_handed(&self, h: Handoff) {
         let result = match self.pick_link(&h.next_hop) {
-            Some(link) => link.request(h.frame, Some(h.deadline)).await,
+            Some(link) => link.request_until(h.frame, h.deadline, h.amount).await,
             None => Err(LinkError::LinkLost),
         };
         let _ = h.reply.send(result);
@@ -428,6 +523,7 @@ impl Shard {
         next_hop: Arc<str>,
         frame: BytesMut,
         deadline: Instant,
+        amount: u64,
     ) -> Result<BtpPacket, LinkError> {
         let Some(senders) = &self.handoff else {
             return Err(LinkError::LinkLost);
@@ -437,17 +533,31 @@ impl Shard {
             next_hop,
             frame,
             deadline,
+            amount,
             reply,
         };
-        if senders.send_to(shard, h).await.is_err() {
-            return Err(LinkError::LinkLost);
+        // Both waits bounded: a shard that is gone or stuck must not hold the packet.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match crate::btp::within(left, senders.send_to(shard, h)).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Err(LinkError::LinkLost),
+            None => return Err(LinkError::Timeout),
         }
         self.metrics.handed_over();
-        answer.await.unwrap_or(Err(LinkError::LinkLost))
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        match crate::btp::within(left, answer).await {
+            Some(r) => r.unwrap_or(Err(LinkError::LinkLost)),
+            None => Err(LinkError::Timeout),
+        }
     }
 
     /// Answers one MESSAGE: returns the RESPONSE frame to send.
-    async fn handle_message(&self, link: &Link, packet: &BtpPacket) -> Bytes {
+    async fn handle_message(
+        &self,
+        link: &Link,
+        packet: &BtpPacket,
+        peer_load: &Cell<usize>,
+    ) -> Bytes {
         let source = link.peer_id();
         let Some(ilp) = packet.ilp() else {
             let mut out = BytesMut::with_capacity(16);
@@ -465,13 +575,27 @@ impl Shard {
         let cid = cid.or_else(|| {
             tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(&ilp))
         });
-        let answer = if self.metrics.in_flight() > self.node.config.max_in_flight_per_shard as i64 {
+        let cfg = &self.node.config;
+        let answer = if self.stopping() {
+            self.refuse(Refusal::new(
+                ErrorCode::T03_CONNECTOR_BUSY,
+                "connector is shutting down",
+            ))
+        } else if self.metrics.in_flight() > cfg.max_in_flight_per_shard as i64 {
             self.refuse(Refusal::new(
                 ErrorCode::T03_CONNECTOR_BUSY,
                 "too many packets in flight on this shard",
             ))
+        } else if peer_load.get() >= cfg.max_in_flight_per_peer {
+            self.refuse(Refusal::new(
+                ErrorCode::T05_RATE_LIMITED,
+                "too many of your packets in flight",
+            ))
         } else {
-            self.process(source, ilp, cid.as_ref(), started).await
+            peer_load.set(peer_load.get() + 1);
+            let a = self.process(source, ilp, cid.as_ref(), started).await;
+            peer_load.set(peer_load.get().saturating_sub(1));
+            a
         };
         let latency_us = started.elapsed().as_micros() as u64;
         self.metrics.packet_done(answer.reject, latency_us);
@@ -525,6 +649,7 @@ impl Shard {
         let timing = Timing {
             margin_ms: node.config.expiry_margin_ms as i64,
             max_hold_ms: node.config.max_hold_time_ms as i64,
+            send_timeout_ms: node.config.send_timeout_ms as i64,
         };
         let source_is_child = self.peers.borrow().children.contains(source);
         let decision = {
@@ -554,6 +679,12 @@ impl Shard {
         };
         if let Some(c) = &cid_str {
             tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "route_lookup", correlationId = %c, next_hop = %next_hop);
+        }
+        if *next_hop == *source {
+            return self.refuse(Refusal::new(
+                ErrorCode::F02_UNREACHABLE,
+                "route loops back to the sender",
+            ));
         }
         // A link on this shard, else the shard that has one, else T01 now.
         let via = match self.pick_link(&next_hop) {
@@ -603,17 +734,20 @@ impl Shard {
                 "cannot rewrite Prepare",
             ));
         }
-        // The earlier of the packet's expiry and the send deadline, from the one clock read.
-        let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) as u64;
-        let deadline = started
-            + Duration::from_millis(wait_ms)
-                .min(Duration::from_millis(node.config.send_timeout_ms));
+        // Until the outgoing expiry (already capped by the send timeout) and a short grace
+        // for a Fulfill still on the wire: we never give up on a Prepare that can still be
+        // fulfilled.
+        let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) + timing.grace_ms();
+        let deadline = started + Duration::from_millis(wait_ms as u64);
         if let Some(c) = &cid_str {
             tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_forwarded", correlationId = %c, next_hop = %next_hop, expires_at = %expires_at);
         }
         let result = match via {
-            Ok(link) => link.request_until(frame, deadline).await,
-            Err(shard) => self.hand_over(shard, next_hop, frame, deadline).await,
+            Ok(link) => link.request_until(frame, deadline, prepare.amount()).await,
+            Err(shard) => {
+                self.hand_over(shard, next_hop, frame, deadline, prepare.amount())
+                    .await
+            }
         };
         match result {
             Ok(resp) => match resp.ilp().map(Packet::decode) {
@@ -641,6 +775,13 @@ impl Shard {
                 expires_at,
             )),
         }
+    }
+}
+
+/// Polls `done` every 10 ms until it holds or `bound` passes.
+async fn wait_until(bound: Instant, done: impl Fn() -> bool) {
+    while !done() && Instant::now() < bound {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
