@@ -1,5 +1,6 @@
-//! Log setup: `tracing` to stderr, JSON by default (`--human` for text). Per-packet events are
-//! DEBUG, so at the default `info` level they are filtered before any formatting work.
+//! Log setup: `tracing` to stderr, JSON by default (`--human` for text), through a bounded
+//! non-blocking writer so a slow stderr never stalls a shard. Per-packet events are DEBUG, so
+//! at the default `info` level they are filtered before any formatting work.
 //!
 //! [`init_captured`] sends the same JSON lines to memory instead, with a filter that can be
 //! changed later: the demo uses it to follow one packet by `correlationId`, tests to read
@@ -20,10 +21,34 @@ fn filter(level: &str) -> EnvFilter {
     EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("warn,ilp_connector=info"))
 }
 
-pub fn init(level: &str, human: bool) {
+/// Lines the stderr writer may hold before it drops new ones.
+const BUFFERED_LINES: usize = 64 * 1024;
+
+/// Log lines dropped because stderr did not keep up (set once [`init`] ran).
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the writer was behind (0 before [`init`]).
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, |c| c.dropped_lines())
+}
+
+/// Keeps the log writer thread alive; dropping it flushes what is buffered.
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Installs the global subscriber writing to stderr. Shards never block on a log line: lines
+/// go to a bounded in-memory buffer written by a thread of its own, and when that buffer is
+/// full new lines are dropped and counted ([`dropped_lines`], `ilp_log_lines_dropped_total`).
+pub fn init(level: &str, human: bool) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if human {
         builder.init();
     } else {
@@ -33,6 +58,7 @@ pub fn init(level: &str, human: bool) {
             .with_current_span(false)
             .init();
     }
+    LogGuard(guard)
 }
 
 /// JSON log lines kept in memory.

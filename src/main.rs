@@ -68,7 +68,7 @@ fn run(path: &str, human: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ilp_connector::logging::init(&config.log_level, human);
+    let _logs = ilp_connector::logging::init(&config.log_level, human);
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,

@@ -201,6 +201,7 @@ impl SenderLink {
         // A client may queue as many requests as it may have pending.
         let cfg = LinkConfig {
             queue_capacity: LinkConfig::default().max_pending,
+            max_queued_bytes: 1 << 30,
             ..LinkConfig::default()
         };
         let link = Link::new("connector", cfg, deadlines.clone());

@@ -196,13 +196,13 @@ impl LinkInner {
         &self,
         id: u32,
         result: Result<BtpPacket, LinkError>,
-    ) -> Result<(), Result<BtpPacket, LinkError>> {
+    ) -> Option<Result<BtpPacket, LinkError>> {
         let mut pending = self.pending.borrow_mut();
         let Some(p) = pending.get_mut(&id) else {
-            return Err(result);
+            return Some(result);
         };
         let Slot::Waiting(waker) = &mut p.slot else {
-            return Err(result);
+            return Some(result);
         };
         let waker = waker.take();
         p.slot = Slot::Done(result);
@@ -211,7 +211,7 @@ impl LinkInner {
         if let Some(w) = waker {
             w.wake();
         }
-        Ok(())
+        None
     }
 
     fn fail_all(&self) {
@@ -372,7 +372,7 @@ impl Link {
             next_id: Cell::new(1),
             closing: Cell::new(false),
             closed: Cell::new(false),
-            heard: Cell::new(true),
+            heard: Cell::new(false),
             last_heard: Cell::new(Instant::now()),
             spare: RefCell::new(Vec::new()),
             bad_frame_log: Cell::new((None, 0)),
@@ -835,7 +835,7 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> FrameOut
                 }),
                 None => Ok(packet),
             };
-            if let Err(Ok(packet)) = inner.complete(id, result) {
+            if let Some(Ok(packet)) = inner.complete(id, result) {
                 inner.unknown_response(id, &packet);
             }
             FrameOutcome::Done

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::peers::Peers;
+use crate::btp::link::LinkCounters;
 use crate::codec::ErrorCode;
 
 /// Upper bounds of the latency histogram buckets, in microseconds.
@@ -65,7 +66,7 @@ impl ShardMetrics {
 }
 
 /// Renders the Prometheus text exposition for all shards.
-pub fn render(shards: &[Arc<ShardMetrics>], peers: &Peers) -> String {
+pub fn render(shards: &[Arc<ShardMetrics>], links: &LinkCounters, peers: &Peers) -> String {
     let mut s = String::new();
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|m| f(m)).sum::<u64>();
     s.push_str("# HELP ilp_packets_total Prepares answered, by outcome and code.\n");
@@ -98,6 +99,35 @@ pub fn render(shards: &[Arc<ShardMetrics>], peers: &Peers) -> String {
         "ilp_packets_handed_over_total {}",
         sum(&|m| m.handed_over.load(Relaxed))
     );
+    for (name, help, value) in [
+        (
+            "ilp_late_fulfills_total",
+            "Fulfills that arrived after we had stopped waiting (the amount is at risk).",
+            links.late_fulfills.load(Relaxed),
+        ),
+        (
+            "ilp_late_fulfill_amount_total",
+            "Sum of the amounts of late Fulfills, in the next hops' units.",
+            links.late_fulfill_amount.load(Relaxed),
+        ),
+        (
+            "ilp_link_write_timeouts_total",
+            "Links closed because a peer stopped reading (no write progress within writeTimeoutMs).",
+            links.write_timeouts.load(Relaxed),
+        ),
+        (
+            "ilp_btp_bad_frames_total",
+            "Frames from peers that could not be parsed.",
+            links.bad_frames.load(Relaxed),
+        ),
+        (
+            "ilp_log_lines_dropped_total",
+            "Log lines dropped because stderr did not keep up.",
+            crate::logging::dropped_lines() as u64,
+        ),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
     s.push_str("# HELP ilp_peer_links Live BTP links per peer and shard.\n");
     s.push_str("# TYPE ilp_peer_links gauge\n");
     for p in peers.list() {
