@@ -253,7 +253,7 @@ fn child_that_never_reads_answers_is_bounded() {
                     break;
                 }
             }
-            if sent % 64 == 0 && ilp_connector_within(ws.flush()).await.is_none() {
+            if sent.is_multiple_of(64) && ilp_connector_within(ws.flush()).await.is_none() {
                 stalled = true;
                 break;
             }
