@@ -42,7 +42,15 @@ pub enum Mode {
     Silent,
     /// Rejects with F99 from `test.fulfiller`.
     Reject,
+    /// Fulfils, but stalls every [`STALL_PERIOD`] for [`STALL_LENGTH`]: answers due in a
+    /// stall go out when it ends (a next hop that hangs now and then).
+    Stalls,
 }
+
+/// See [`Mode::Stalls`].
+pub const STALL_PERIOD: Duration = Duration::from_millis(3000);
+/// See [`Mode::Stalls`].
+pub const STALL_LENGTH: Duration = Duration::from_millis(1500);
 
 /// A BTP server on 127.0.0.1 that answers Prepares; runs its own executor thread.
 pub struct Fulfiller {
@@ -163,7 +171,7 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
         };
         let mut ilp = BytesMut::new();
         match mode {
-            Mode::Fulfill | Mode::WrongFulfillment => {
+            Mode::Fulfill | Mode::WrongFulfillment | Mode::Stalls => {
                 let mut f: [u8; 32] = Sha256::digest(prepare.data()).into();
                 if mode == Mode::WrongFulfillment {
                     f[0] ^= 1;
@@ -184,7 +192,20 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
         }
         let mut frame = BytesMut::new();
         btp::encode_ilp(&mut frame, BtpType::Response, packet.request_id(), &ilp);
-        let _ = link.send(frame.freeze());
+        let frame = frame.freeze();
+        let now_ms = Timestamp::now().unix_millis() as u128;
+        let phase = (now_ms % STALL_PERIOD.as_millis()) as u64;
+        let stall_ms = STALL_LENGTH.as_millis() as u64;
+        if mode == Mode::Stalls && phase < stall_ms {
+            let wait = Duration::from_millis(stall_ms - phase);
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(wait).await;
+                let _ = link.send(frame);
+            })
+            .detach();
+        } else {
+            let _ = link.send(frame);
+        }
     })
 }
 

@@ -7,6 +7,8 @@
 //!   optionally measuring given process ids.
 //! - `ilp-bench fulfiller`: a BTP fulfiller on a port (`sha256(data)` fulfils).
 //! - `ilp-bench relay`: the byte-level WebSocket relay used as the baseline.
+//! - `ilp-bench soak`: A → B → C with B killed and restarted again and again and a stalling
+//!   fulfiller; every Prepare must get exactly one answer (see `soak.rs`).
 //!
 //! CPU per packet comes from the connector processes' `/proc/<pid>/stat` over the measured
 //! phase; peak RSS from `VmHWM`.
@@ -14,6 +16,7 @@
 mod load;
 mod procstat;
 mod relay;
+mod soak;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -148,6 +151,27 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Sender → A → B → C → fulfiller while B is SIGKILLed and restarted and the fulfiller
+    /// stalls; counts unanswered and duplicated answers (exit 1 unless both are 0).
+    Soak {
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        /// Send at least this many Prepares.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Kill B at least this many times.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Milliseconds between kills.
+        #[arg(long, default_value_t = 3000)]
+        kill_every_ms: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Print the report as JSON (else as text).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// One row of results.
@@ -229,6 +253,14 @@ fn main() -> ExitCode {
                 .and_then(|h| h.join().map_err(|e| e.to_string())?);
             r
         }
+        Cmd::Soak {
+            connector,
+            packets,
+            kills,
+            kill_every_ms,
+            concurrency,
+            json,
+        } => soak(connector, packets, kills, kill_every_ms, concurrency, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,6 +268,56 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The connector binary: given, or `ilp-connector` next to this binary.
+fn connector_bin(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let bin = match given {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("ilp-connector"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+fn soak(
+    connector: Option<PathBuf>,
+    packets: u64,
+    kills: usize,
+    kill_every_ms: u64,
+    concurrency: usize,
+    json: bool,
+) -> Result<(), String> {
+    let bin = connector_bin(connector)?;
+    let r = soak::run(
+        &bin,
+        packets,
+        kills,
+        Duration::from_millis(kill_every_ms),
+        concurrency,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "soak: sent {} answered {} unanswered {} duplicated {} unknown {} kills {} in {:.1} s",
+            r.sent, r.answered, r.unanswered, r.duplicated, r.unknown, r.kills, r.seconds
+        );
+        println!("answers by code: {:?}", r.by_code);
+        println!("peak RSS (MiB): {:?}", r.peak_rss_mib);
+    }
+    if r.unanswered == 0 && r.duplicated == 0 && r.unknown == 0 && r.answered == r.sent {
+        Ok(())
+    } else {
+        Err("some Prepares were not answered exactly once".into())
     }
 }
 
@@ -307,6 +389,9 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
@@ -459,18 +544,7 @@ fn scenarios(
     shards: &[usize],
     node: NodeOptions,
 ) -> Result<(), String> {
-    let bin = match connector {
-        Some(b) => b,
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("ilp-connector"),
-    };
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it first (cargo build --release)",
-            bin.display()
-        ));
-    }
+    let bin = connector_bin(connector)?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let spec = |url: String, user: &str, token: &str, destination: &str, c: usize, links: usize| {
         timing.load(url, user.into(), token.into(), destination.into(), c, links)
