@@ -262,3 +262,25 @@ fn demo_prints_the_path_and_fulfils_everything() {
     assert!(text.contains("answer at the sender: fulfilled"), "{text}");
     assert!(text.contains("round-trip latency over 3 hops"), "{text}");
 }
+
+#[test]
+fn second_process_on_the_same_port_exits_2() {
+    let c = spawn(
+        "c",
+        &[("healthCheckPort: 8083", "healthCheckPort: 0".into())],
+    );
+    // The same config with the port the first one got, explicitly.
+    let path = scratch_dir().join("c-same-port.yaml");
+    let text = std::fs::read_to_string(scratch_dir().join("c.yaml")).unwrap();
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("BTP_SERVER_PORT", c.btp_port.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another node"), "{stderr}");
+    stop(c, "C");
+}

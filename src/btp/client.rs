@@ -158,4 +158,17 @@ mod tests {
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("nonsense").is_err());
     }
+
+    #[test]
+    fn resolve_off_the_shard() {
+        let (literal, named) = crate::testkit::run_local(|| async {
+            let t = Duration::from_secs(5);
+            (
+                resolve("127.0.0.1:9", t).await,
+                resolve("localhost:9", t).await,
+            )
+        });
+        assert_eq!(literal.unwrap().to_string(), "127.0.0.1:9");
+        assert!(named.unwrap().ip().is_loopback());
+    }
 }

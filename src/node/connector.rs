@@ -1,7 +1,8 @@
 //! The node's lifecycle: [`ConnectorNode::start`] spawns one glommio executor per shard, binds
 //! the BTP port on every shard (SO_REUSEPORT; port 0 is resolved on shard 0 and the others bind
 //! the same port), dials peers, and starts the admin HTTP port; [`ConnectorNode::stop`] stops
-//! accepting, lets in-flight packets finish within a bound and closes links.
+//! accepting, lets in-flight packets finish within a bound, answers the rest, and closes links
+//! once every answer is written (see `shard`). One node per BTP port: see `PortLock`.
 //!
 //! [`NodeShared`] is the only state shared between shards: configuration, the routing table
 //! (RCU), the peer manager (per-peer, per-shard link counts) and each shard's metrics —
@@ -232,6 +233,22 @@ impl ConnectorNode {
             }
         }
         let btp_port = port.unwrap_or(configured_port);
+        // A port the kernel picked is locked now, so no node asking for it explicitly can
+        // join it later (an explicit port was locked before binding, above).
+        let port_lock = match port_lock {
+            Some(l) => Some(l),
+            None => match PortLock::take(btp_port) {
+                Ok(l) => Some(l),
+                Err(reason) => {
+                    shared.stopping.store(true, Ordering::SeqCst);
+                    let _ = threads.join_all();
+                    return Err(StartError::Bind {
+                        port: btp_port,
+                        reason,
+                    });
+                }
+            },
+        };
         let mut node = ConnectorNode {
             shared: shared.clone(),
             port_lock,
