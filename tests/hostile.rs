@@ -642,3 +642,102 @@ fn outgoing_expiry_is_capped_and_a_late_fulfill_is_counted() {
     });
     assert_eq!(metric(&node, "ilp_late_fulfill_amount_total"), 42);
 }
+
+/// Reads frames until one with request id `id` arrives (bounded); returns its type byte.
+async fn answer_to<S>(ws: &mut async_tungstenite::WebSocketStream<S>, id: u32) -> Option<u8>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        match ilp_connector_within(ws.next()).await {
+            Some(Some(Ok(Message::Binary(b)))) => {
+                if b.get(1..5) == Some(&id.to_be_bytes()[..]) {
+                    return b.first().copied();
+                }
+            }
+            Some(Some(Ok(_))) | None => {}
+            Some(_) => return None,
+        }
+    }
+    None
+}
+
+/// The rest of the garbage: unknown response ids are ignored, TRANSFER gets a BTP ERROR,
+/// a truncated request gets one too, a ping flood is survived, an oversized message closes
+/// only that connection, 1 000 bad auths are all refused; through all of it the node stays
+/// up and another child's packets are answered.
+#[test]
+fn assorted_garbage_keeps_the_node_and_others_up() {
+    let node = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {id: bad, relation: child, authToken: secret-b}\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let (transfer, truncated, after_pings, oversize_closed, bad_auths) =
+        run_local(move || async move {
+            let target = parse_url(&url).unwrap();
+            let t = Duration::from_secs(5);
+            let mut ws = dial(&target, "bad", "secret-b", t).await.unwrap();
+            let send = |b: Bytes| Message::Binary(b);
+            // An answer to a request we never sent, then a TRANSFER, then a truncated MESSAGE.
+            let mut f = BytesMut::new();
+            btp::encode(&mut f, 4242, btp::BtpBody::Response, &[]);
+            ws.send(send(f.freeze())).await.unwrap();
+            let mut f = BytesMut::new();
+            btp::encode(&mut f, 7, btp::BtpBody::Transfer { amount: 5 }, &[]);
+            ws.send(send(f.freeze())).await.unwrap();
+            let transfer = answer_to(&mut ws, 7).await;
+            ws.send(send(Bytes::from_static(&[6, 0, 0, 0, 8])))
+                .await
+                .unwrap();
+            let truncated = answer_to(&mut ws, 8).await;
+            // 10 000 pings, then a Prepare on the same link.
+            for _ in 0..10_000 {
+                ws.feed(Message::Ping(Bytes::new())).await.unwrap();
+            }
+            ws.send(send(prepare_frame("test.nowhere", b"p", 9)))
+                .await
+                .unwrap();
+            let after_pings = answer_to(&mut ws, 9).await;
+            // Larger than any BTP frame may be: this connection is closed.
+            let _ = ws.send(send(Bytes::from(vec![6u8; 100 * 1024]))).await;
+            let mut oversize_closed = false;
+            for _ in 0..20 {
+                match ilp_connector_within(ws.next()).await {
+                    Some(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {
+                        oversize_closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let mut bad_auths = 0;
+            for _ in 0..1000 {
+                if dial(&target, "bad", "wrong", t).await.is_err() {
+                    bad_auths += 1;
+                }
+            }
+            (transfer, truncated, after_pings, oversize_closed, bad_auths)
+        });
+    assert_eq!(transfer, Some(2), "TRANSFER gets a BTP ERROR");
+    assert_eq!(truncated, Some(2), "a truncated request gets a BTP ERROR");
+    assert_eq!(
+        after_pings,
+        Some(1),
+        "the link still answers after a ping flood"
+    );
+    assert!(
+        oversize_closed,
+        "an oversized message closes the connection"
+    );
+    assert_eq!(bad_auths, 1000);
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let r = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-s")
+            .await
+            .unwrap();
+        code(&s.send("test.nowhere", 1, 30_000, b"x").await)
+    });
+    assert_eq!(r, "F02");
+    wait_for("nothing in flight", 5, || node.in_flight() == 0);
+}
