@@ -703,12 +703,11 @@ fn assorted_garbage_keeps_the_node_and_others_up() {
             let _ = ws.send(send(Bytes::from(vec![6u8; 100 * 1024]))).await;
             let mut oversize_closed = false;
             for _ in 0..20 {
-                match ilp_connector_within(ws.next()).await {
-                    Some(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {
-                        oversize_closed = true;
-                        break;
-                    }
-                    _ => {}
+                if let Some(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) =
+                    ilp_connector_within(ws.next()).await
+                {
+                    oversize_closed = true;
+                    break;
                 }
             }
             let mut bad_auths = 0;
