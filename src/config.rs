@@ -52,6 +52,37 @@ pub struct PeerConfig {
     pub asset_code: String,
     #[serde(default = "default_asset_scale")]
     pub asset_scale: u8,
+    /// Links to keep to a peer we dial: `auto` (one, from the peer's home shard, and one
+    /// per shard when the peer's auth answer says it accepts several) or a fixed count.
+    #[serde(default)]
+    pub links: Links,
+}
+
+/// How many links to keep to a dialled peer (see [`PeerConfig::links`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "LinksRepr")]
+pub enum Links {
+    #[default]
+    Auto,
+    Fixed(usize),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LinksRepr {
+    Count(usize),
+    Word(String),
+}
+
+impl TryFrom<LinksRepr> for Links {
+    type Error = String;
+    fn try_from(r: LinksRepr) -> Result<Links, String> {
+        match r {
+            LinksRepr::Count(n) if n >= 1 => Ok(Links::Fixed(n)),
+            LinksRepr::Word(w) if w == "auto" => Ok(Links::Auto),
+            _ => Err("links must be auto or a count of at least 1".into()),
+        }
+    }
 }
 
 impl std::fmt::Debug for PeerConfig {

@@ -740,3 +740,81 @@ fn assorted_garbage_keeps_the_node_and_others_up() {
     assert_eq!(r, "F02");
     wait_for("nothing in flight", 5, || node.in_flight() == 0);
 }
+
+/// Issue 16: a peer that evicts our link mid-flight (as the JS listener does when another
+/// connection of the account authenticates: BTP ERROR F00 on the old socket, then close):
+/// every packet pending on that link is answered T01 at once, not after a timeout, and the
+/// BTP ERROR itself maps to T01 (the packet is not at fault).
+#[test]
+fn evicted_link_fails_its_packets_with_t01_at_once() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        run_local(move || async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _ = tx.send(listener.local_addr().unwrap().port());
+            let creds = Rc::new(vec![Credential::new("n", "secret-e")]);
+            while let Ok(stream) = listener.accept().await {
+                let creds = creds.clone();
+                glommio::spawn_local(async move {
+                    let Ok((_, mut ws)) =
+                        accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
+                    else {
+                        return;
+                    };
+                    // Take 20 Prepares, then evict: ERROR F00 to the last one, close.
+                    let mut last = 0;
+                    for _ in 0..20 {
+                        match ws.next().await {
+                            Some(Ok(Message::Binary(b))) => {
+                                last = u32::from_be_bytes([b[1], b[2], b[3], b[4]])
+                            }
+                            _ => return,
+                        }
+                    }
+                    let mut f = BytesMut::new();
+                    btp::encode_error(
+                        &mut f,
+                        last,
+                        b"F00",
+                        ilp_connector::codec::GeneralizedTime::from(Timestamp::now()),
+                        b"This connection has been ended because the user has opened a new connection",
+                    );
+                    let _ = ws.send(Message::Binary(f.freeze())).await;
+                    let _ = ws.close(None).await;
+                })
+                .detach();
+            }
+        })
+    });
+    let port = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let node = start(&format!(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: e, relation: child, url: \"ws://127.0.0.1:{port}\", authToken: secret-e}}\n"
+    ));
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let answers = run_local(move || async move {
+        let s = Rc::new(
+            SenderLink::connect(&url, "sender", "secret-s")
+                .await
+                .unwrap(),
+        );
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    let t = Instant::now();
+                    let r = s.send("test.n.e.x", 1, 30_000, b"v").await;
+                    (code(&r), t.elapsed())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    });
+    assert!(answers.iter().all(|(c, _)| c == "T01"), "{answers:?}");
+    let slowest = answers.iter().map(|(_, t)| *t).max().unwrap();
+    println!("slowest T01 after eviction: {slowest:?}");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+}

@@ -165,3 +165,97 @@ fn our_client_against_reference_listener() {
     assert_eq!(served["served"], "test.js.bob", "{served}");
     assert_eq!(served["amount"], "7", "{served}");
 }
+
+/// Issue 16: a two-shard node dials the reference listener (which keeps one socket per
+/// account and evicts older ones) from one shard only: 5 000 packets at concurrency 64 from
+/// senders on both shards are all fulfilled, over exactly one link for the whole run.
+#[test]
+fn two_shard_node_keeps_one_link_to_the_reference_listener() {
+    let (_child, rx) = node_script("listener.js", &["secret-js"]);
+    let port = next_line(&rx, "listening port")["port"]
+        .as_u64()
+        .expect("port") as u16;
+    let a = ConnectorNode::start(
+        Config::from_yaml(&format!(
+            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\nshards: 2\nmaxConnectionsPerPeer: 16\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: js, relation: peer, url: \"ws://127.0.0.1:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !a.health().peers["js"] {
+        assert!(
+            Instant::now() < until,
+            "never authenticated to the JS listener"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a = std::sync::Arc::new(a);
+    let watcher = {
+        let (a, stop) = (
+            a.clone(),
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || {
+            let (mut min, mut max) = (usize::MAX, 0);
+            while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+                let n: usize = a.peer_links("js").unwrap().iter().sum();
+                (min, max) = (min.min(n), max.max(n));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (min, max)
+        });
+        (stop, h)
+    };
+    let url = format!("ws://127.0.0.1:{}", a.btp_port());
+    let codes = run_local(move || async move {
+        // Eight sender connections: the kernel spreads them over both shards.
+        let mut links = Vec::new();
+        for _ in 0..8 {
+            links.push(std::rc::Rc::new(
+                SenderLink::connect(&url, "sender", "secret-sa")
+                    .await
+                    .unwrap(),
+            ));
+        }
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let s = links[t % links.len()].clone();
+                glommio::spawn_local(async move {
+                    let mut fulfilled = 0;
+                    for i in 0..(5000 / 64 + usize::from(t < 5000 % 64)) {
+                        let data = format!("{t}-{i}");
+                        if let Ok(Packet::Fulfill(_)) =
+                            s.send("test.js.bob", 1, 20_000, data.as_bytes()).await
+                        {
+                            fulfilled += 1;
+                        }
+                    }
+                    fulfilled
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await;
+        }
+        total
+    });
+    watcher.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (min, max) = watcher.1.join().unwrap();
+    assert_eq!(codes, 5000, "every packet fulfilled");
+    assert_eq!(
+        (min, max),
+        (1, 1),
+        "exactly one link to the listener all along"
+    );
+    assert_eq!(
+        a.peer_links("js")
+            .unwrap()
+            .iter()
+            .filter(|n| **n > 0)
+            .count(),
+        1
+    );
+}

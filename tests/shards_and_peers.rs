@@ -186,6 +186,7 @@ fn peers_added_and_removed_at_runtime() {
         auth_token: Some("secret-g".into()),
         asset_code: "XRP".into(),
         asset_scale: 9,
+        links: Default::default(),
     })
     .unwrap();
     let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();
@@ -258,4 +259,33 @@ fn slow_next_hop_does_not_block_others() {
     // each exactly once.
     assert_eq!(slow_codes.len(), 300);
     assert!(slow_codes.iter().all(|c| c == "R00"), "{slow_codes:?}");
+}
+
+/// Issue 16: our server offers several links per account in its auth answer, so a two-shard
+/// node dialling a two-shard node of ours holds a link on each shard (no hand-over needed).
+#[test]
+fn our_nodes_negotiate_a_link_per_shard() {
+    let y = start(
+        "nodeId: y\nilpAddress: test.y\nbtpServerPort: 0\nshards: 2\npeers:\n  - {id: x, relation: peer, authToken: secret-xy}\n",
+    );
+    let x = start(&format!(
+        "nodeId: x\nilpAddress: test.x\nbtpServerPort: 0\nhealthCheckPort: 0\nshards: 2\npeers:\n  - {{id: y, relation: peer, url: \"ws://127.0.0.1:{}\", authToken: secret-xy}}\n",
+        y.btp_port()
+    ));
+    wait_for("a link from each of x's shards", || {
+        x.peer_links("y").unwrap() == vec![1, 1]
+    });
+    let admin = x.admin_port().unwrap();
+    assert_eq!(metric(admin, "ilp_peer_links{peer=\"y\",shard=\"0\"}"), 1);
+    assert_eq!(metric(admin, "ilp_peer_links{peer=\"y\",shard=\"1\"}"), 1);
+    // `links: 1` overrides the offer.
+    let x1 = start(&format!(
+        "nodeId: x\nilpAddress: test.x\nbtpServerPort: 0\nshards: 2\npeers:\n  - {{id: y, relation: peer, url: \"ws://127.0.0.1:{}\", authToken: secret-xy, links: 1}}\n",
+        y.btp_port()
+    ));
+    wait_for("x1's one link", || {
+        x1.peer_links("y").unwrap().iter().sum::<usize>() == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(x1.peer_links("y").unwrap().iter().sum::<usize>(), 1);
 }

@@ -109,6 +109,10 @@ enum Cmd {
         /// Pin each connector's shards to cores 0..shards (`cores:` instead of `shards:`).
         #[arg(long)]
         pin: bool,
+        /// `links:` for each connector's next hop (default: auto, i.e. one link to the test
+        /// fulfiller, which offers nothing, so other shards hand packets over).
+        #[arg(long)]
+        links: Option<usize>,
     },
     /// One load run against a BTP endpoint.
     Load {
@@ -207,8 +211,13 @@ fn main() -> ExitCode {
             shards,
             spin_us,
             pin,
+            links,
         } => {
-            let node = NodeOptions { spin_us, pin };
+            let node = NodeOptions {
+                spin_us,
+                pin,
+                links,
+            };
             scenarios(&timing, connector, &json, &concurrency, &shards, node)
         }
         Cmd::Load {
@@ -453,6 +462,8 @@ fn start_connector(bin: &PathBuf, name: &str, yaml: String) -> Result<(Proc, u16
 #[derive(Clone, Copy)]
 struct NodeOptions {
     spin_us: u64,
+    /// `links:` of each node's next hop.
+    links: Option<usize>,
     pin: bool,
 }
 
@@ -499,7 +510,7 @@ impl Chain {
                 }
             };
             let yaml = format!(
-                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\n{}logLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}}}\n{}",
+                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\n{}logLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}{}}}\n{}",
                 node.yaml(shards),
                 upstream.0,
                 upstream.1,
@@ -507,6 +518,7 @@ impl Chain {
                 if next.3 { "child" } else { "peer" },
                 next.1,
                 next.2,
+                node.links.map_or(String::new(), |n| format!(", links: {n}")),
                 if next.3 {
                     String::new()
                 } else {

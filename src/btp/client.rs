@@ -89,6 +89,19 @@ pub async fn dial(
     token: &str,
     timeout: Duration,
 ) -> Result<WebSocketStream<TcpStream>, LinkError> {
+    dial_negotiated(target, default_user, token, timeout)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// As [`dial`], also returning how many links the peer said it accepts for our account
+/// (its [`LINKS_ENTRY`](super::server::LINKS_ENTRY) in the auth RESPONSE), if it said.
+pub async fn dial_negotiated(
+    target: &DialTarget,
+    default_user: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(WebSocketStream<TcpStream>, Option<usize>), LinkError> {
     let addr = resolve(&target.host_port, timeout).await?;
     let stream = TcpStream::connect_timeout(addr, timeout)
         .await
@@ -130,7 +143,13 @@ pub async fn dial(
     .ok_or_else(|| LinkError::Auth("no auth answer in time".into()))??;
     let p = BtpPacket::decode(answer).map_err(|e| LinkError::Auth(e.to_string()))?;
     match (p.kind(), p.request_id()) {
-        (BtpType::Response, id) if id == auth_id => Ok(ws),
+        (BtpType::Response, id) if id == auth_id => {
+            let links = p
+                .entry(super::server::LINKS_ENTRY)
+                .and_then(|e| std::str::from_utf8(e.data).ok()?.trim().parse().ok())
+                .filter(|n| *n >= 1);
+            Ok((ws, links))
+        }
         (BtpType::Error, _) => {
             let reason = p
                 .error()

@@ -18,11 +18,17 @@ use glommio::net::TcpStream;
 use super::auth::{authenticate, user_from_path, Credential};
 use super::{within, ws_config, LinkError};
 
-/// Admits every peer that authenticates (for callers without connection limits).
-pub fn admit_all(_peer: &str) -> Result<(), String> {
-    Ok(())
+/// Admits every peer that authenticates (for callers without connection limits), offering
+/// nothing about links.
+pub fn admit_all(_peer: &str) -> Result<Option<usize>, String> {
+    Ok(None)
 }
-use crate::codec::btp::{self, BtpBody};
+
+/// Auth RESPONSE entry by which our server tells a dialling peer how many links it accepts
+/// for the peer's account (decimal text). A peer that does not send it (the JS reference,
+/// interledger-rs) keeps one socket per account, so a client opens only one link.
+pub const LINKS_ENTRY: &[u8] = b"ilp-connector-links";
+use crate::codec::btp::{self, BtpBody, ProtocolData};
 use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
 
 /// Upgrades and authenticates an accepted socket; returns the peer id and the WebSocket.
@@ -32,7 +38,7 @@ pub async fn accept_peer(
     stream: TcpStream,
     creds: &[Credential],
     auth_timeout: Duration,
-    admit: impl FnOnce(&str) -> Result<(), String>,
+    admit: impl FnOnce(&str) -> Result<Option<usize>, String>,
 ) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
     within(auth_timeout, accept_within(stream, creds, admit))
         .await
@@ -47,7 +53,7 @@ pub async fn accept_peer(
 async fn accept_within(
     stream: TcpStream,
     creds: &[Credential],
-    admit: impl FnOnce(&str) -> Result<(), String>,
+    admit: impl FnOnce(&str) -> Result<Option<usize>, String>,
 ) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
     let _ = stream.set_nodelay(true);
     let mut path = String::new();
@@ -89,11 +95,17 @@ async fn accept_within(
         ),
         Err(e) => (0, Err(format!("unparsable auth frame: {e}"))),
     };
-    let verdict = verdict.and_then(|peer| admit(&peer).map(|()| peer));
+    let verdict = verdict.and_then(|peer| admit(&peer).map(|links| (peer, links)));
     let mut out = BytesMut::new();
     match verdict {
-        Ok(peer) => {
-            btp::encode(&mut out, request_id, BtpBody::Response, &[]);
+        Ok((peer, links)) => {
+            let text = links.map(|n| n.to_string());
+            let offer = text.as_ref().map(|t| ProtocolData {
+                name: LINKS_ENTRY,
+                content_type: btp::CONTENT_TEXT_UTF8,
+                data: t.as_bytes(),
+            });
+            btp::encode(&mut out, request_id, BtpBody::Response, offer.as_slice());
             ws.send(Message::Binary(out.freeze()))
                 .await
                 .map_err(|e| LinkError::Connect(e.to_string()))?;

@@ -21,6 +21,9 @@ pub struct PeerEntry {
     pub config: PeerConfig,
     links: Box<[AtomicUsize]>,
     removed: AtomicBool,
+    /// Links the peer said (in its auth answer to our home shard's dial) it accepts; 0
+    /// until the home shard has dialled it.
+    offered_links: AtomicUsize,
 }
 
 impl PeerEntry {
@@ -29,6 +32,7 @@ impl PeerEntry {
             config,
             links: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             removed: AtomicBool::new(false),
+            offered_links: AtomicUsize::new(0),
         }
     }
 
@@ -51,6 +55,36 @@ impl PeerEntry {
         if let Some(c) = self.links.get(shard) {
             let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         }
+    }
+
+    /// The shard that dials this peer first (and alone, unless the peer accepts more
+    /// links): stable for a peer id, so dialled peers spread over the shards.
+    pub fn home_shard(&self) -> usize {
+        // FNV-1a: the same on every run and build.
+        let h = self.id().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (h % self.links.len().max(1) as u64) as usize
+    }
+
+    /// Records what the peer offered when the home shard dialled it (`None`: nothing, so
+    /// one link).
+    pub fn set_offered_links(&self, offered: Option<usize>) {
+        self.offered_links
+            .store(offered.unwrap_or(1).max(1), Relaxed);
+    }
+
+    /// Whether `shard` should keep a link to this peer (a peer we dial): the home shard
+    /// always; the others, in order after it, while the count allows (`links: N`, or under
+    /// `auto` what the peer offered).
+    pub fn shard_dials(&self, shard: usize) -> bool {
+        let shards = self.links.len().max(1);
+        let rank = (shard + shards - self.home_shard()) % shards;
+        let allowed = match self.config.links {
+            crate::config::Links::Fixed(n) => n,
+            crate::config::Links::Auto => self.offered_links.load(Relaxed).max(1),
+        };
+        rank < allowed
     }
 
     /// Live links on every shard together.
@@ -199,6 +233,7 @@ mod tests {
             auth_token: Some("t".into()),
             asset_code: "XRP".into(),
             asset_scale: 9,
+            links: Default::default(),
         }
     }
 

@@ -161,10 +161,13 @@ pub fn reject_for_link_error(err: &LinkError, now: Timestamp, out_expiry: Timest
             "too many packets in flight to the next hop",
         ),
         LinkError::Remote { code, message } => {
-            let c = if code.starts_with('F') {
-                ErrorCode::F02_UNREACHABLE
-            } else {
-                ErrorCode::T01_PEER_UNREACHABLE
+            // A BTP ERROR is about the link (e.g. a peer evicting an old socket), not a
+            // final verdict on the packet, unless its code says the packet itself is bad.
+            let c = match code.as_str() {
+                "F01" => ErrorCode::F01_INVALID_PACKET,
+                "F06" => ErrorCode::F06_UNEXPECTED_PAYMENT,
+                "F08" => ErrorCode::F08_AMOUNT_TOO_LARGE,
+                _ => ErrorCode::T01_PEER_UNREACHABLE,
             };
             Refusal::new(c, format!("next hop answered BTP error {code}: {message}"))
         }
@@ -360,7 +363,10 @@ mod tests {
             message: "x".into(),
         };
         assert_eq!(c(remote("T00"), NOW), ErrorCode::T01_PEER_UNREACHABLE);
-        assert_eq!(c(remote("F00"), NOW), ErrorCode::F02_UNREACHABLE);
+        assert_eq!(c(remote("F00"), NOW), ErrorCode::T01_PEER_UNREACHABLE);
+        assert_eq!(c(remote("F01"), NOW), ErrorCode::F01_INVALID_PACKET);
+        assert_eq!(c(remote("F08"), NOW), ErrorCode::F08_AMOUNT_TOO_LARGE);
+        assert_eq!(c(remote("F02"), NOW), ErrorCode::T01_PEER_UNREACHABLE);
         assert_eq!(
             c(LinkError::Protocol("x".into()), NOW),
             ErrorCode::T00_INTERNAL_ERROR

@@ -1,8 +1,10 @@
 //! One shard: its own links (by peer), pending-request deadlines, routing view and metrics.
 //! Everything here lives on one glommio executor thread (`Rc`, `RefCell`, no locks).
 //!
-//! Tasks per shard: the accept loop, one dial loop per peer with a `url` (each shard holds its
-//! own outgoing link to such peers), one task per link, a pool of packet workers (grown when
+//! Tasks per shard: the accept loop, one dial loop per peer with a `url` (the peer's home
+//! shard dials it; the other shards too only if the peer's auth answer offers more links, or
+//! `links: N` says so — a peer that keeps one socket per account, like the JS reference,
+//! would evict all but one), one task per link, a pool of packet workers (grown when
 //! every worker is busy, shrunk when many are idle: no task is spawned per packet), the
 //! deadline driver, the peer watcher (runtime add/remove) and one receiver per other shard for
 //! packets handed over.
@@ -37,7 +39,7 @@ use super::metrics::ShardMetrics;
 use super::peers::PeerEntry;
 use super::rules::{self, Decision, Refusal, Timing};
 use crate::btp::auth::Credential;
-use crate::btp::client::{dial, parse_url};
+use crate::btp::client::{dial_negotiated, parse_url};
 use crate::btp::deadlines::Deadlines;
 use crate::btp::link::{self, Link, LinkConfig};
 use crate::btp::server::accept_peer;
@@ -387,13 +389,15 @@ impl Shard {
     /// another link. At `maxConnectionsPerPeer` it may only replace its link on this shard
     /// that has been silent longest, if silent for `replaceSilentLinkMs` (a half-open
     /// leftover of a peer that crashed and reconnects); otherwise it gets a BTP ERROR.
-    fn admit(&self, peer: &str) -> Result<(), String> {
+    fn admit(&self, peer: &str) -> Result<Option<usize>, String> {
         let cfg = &self.node.config;
         let Some(entry) = self.node.peers.get(peer) else {
             return Err("unknown account".into());
         };
+        // Our dialling peers may open a link per shard, up to the limit.
+        let offer = Some(cfg.max_connections_per_peer);
         if entry.link_count() < cfg.max_connections_per_peer {
-            return Ok(());
+            return Ok(offer);
         }
         let links = self.links.borrow();
         let stale = links
@@ -408,7 +412,7 @@ impl Shard {
                 tracing::warn!(nodeId = %cfg.node_id, component = "btp_server", event = "stale_link_replaced", peer = %peer,
                     silent_ms = l.idle_for().as_millis() as u64, shard = self.index);
                 l.close();
-                Ok(())
+                Ok(offer)
             }
             _ => {
                 tracing::warn!(nodeId = %cfg.node_id, component = "btp_server", event = "too_many_connections", peer = %peer, limit = cfg.max_connections_per_peer);
@@ -466,9 +470,18 @@ impl Shard {
         let mut failures: u32 = 0;
         let done = || self.stopping() || entry.is_removed();
         while !done() {
-            match dial(&target, &cfg.node_id, &token, timeout).await {
-                Ok(ws) => {
+            // Only the peer's home shard dials until the peer says it takes more links
+            // (a peer that keeps one socket per account would evict the others' links).
+            if !entry.shard_dials(self.index) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            match dial_negotiated(&target, &cfg.node_id, &token, timeout).await {
+                Ok((ws, offered)) => {
                     failures = 0;
+                    if self.index == entry.home_shard() {
+                        entry.set_offered_links(offered);
+                    }
                     self.run_link(
                         entry.clone(),
                         ws,
