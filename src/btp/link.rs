@@ -399,11 +399,6 @@ impl Link {
         self.0.pending.borrow().len()
     }
 
-    /// Frames waiting to be written.
-    pub fn queued(&self) -> usize {
-        self.0.queue.borrow().len()
-    }
-
     /// How long no frame has arrived (granularity: the keep-alive tick, ≤ 1 s).
     pub fn idle_for(&self) -> Duration {
         if self.0.heard.get() {
