@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Issue 16's scenario: JS connector A → our B (shards: 2) → JS connector C → fulfiller, with
+# the same load generator. C's `ilp-plugin-btp` listener keeps one socket per account, so B
+# must hold exactly one link to it (from its home shard) and hand packets over between its
+# shards. Prints the load result and B's links to C before and after.
+#
+#   bash bench/js/run-chain.sh [duration_s] [concurrency]      (from the project root)
+#
+# Needs target/release/{ilp-bench,ilp-connector} (cargo build --release); installs the pinned
+# JS packages (npm ci) on first use.
+#
+# Caveat: `ilp-bench load` sends the same data in every Prepare, and the JS connector's
+# deduplicate middleware answers identical Prepares (same expiry millisecond) from its cache,
+# so only ~200 packets/s actually reach B: compare B's ilp_packets_total with the load's count.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-5}"
+CONC="${2:-64}"
+BENCH=target/release/ilp-bench
+OURS=target/release/ilp-connector
+[ -x "$BENCH" ] && [ -x "$OURS" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+[ -d bench/js/node_modules/ilp-connector ] || (cd bench/js && npm ci --no-audit --no-fund)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+TMP=$(mktemp -d)
+
+"$BENCH" fulfiller --user js --token secret-r > "$TMP/fulfiller.out" &
+pids+=($!)
+for _ in $(seq 100); do grep -q port "$TMP/fulfiller.out" 2>/dev/null && break; sleep 0.05; done
+FPORT=$(grep -o '[0-9]\+' "$TMP/fulfiller.out" | head -1)
+APORT=$(free_port); BPORT=$(free_port); CPORT=$(free_port); BADMIN=$(free_port)
+RATE='{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}'
+
+# JS C: listener for B, dials the fulfiller as its child `receiver`.
+CONNECTOR_ILP_ADDRESS=test.jsc CONNECTOR_BACKEND=one-to-one CONNECTOR_SPREAD=0 \
+CONNECTOR_ROUTES='[{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}]' \
+CONNECTOR_ACCOUNTS="{
+  \"b\": {\"relation\": \"peer\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
+    \"rateLimit\": $RATE, \"options\": {\"listener\": {\"port\": $CPORT, \"secret\": \"secret-bc\"}}},
+  \"receiver\": {\"relation\": \"child\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
+    \"rateLimit\": $RATE, \"options\": {\"server\": \"btp+ws://js:secret-r@127.0.0.1:$FPORT\"}}
+}" node bench/js/node_modules/ilp-connector/dist/index.js > "$TMP/c.log" 2>&1 &
+pids+=($!)
+wait_port "$CPORT"
+
+# Our B: two shards, dials C, JS A dials it.
+cat > "$TMP/b.yaml" <<YAML
+nodeId: b
+ilpAddress: test.b
+btpServerPort: $BPORT
+healthCheckPort: $BADMIN
+shards: 2
+logLevel: info
+peers:
+  - {id: jsa, relation: peer, authToken: secret-ab}
+  - {id: jsc, relation: peer, url: "ws://127.0.0.1:$CPORT", authToken: secret-bc}
+routes:
+  - {prefix: test.jsc, nextHop: jsc}
+YAML
+"$OURS" run --config "$TMP/b.yaml" > "$TMP/b.out" 2> "$TMP/b.log" &
+pids+=($!)
+wait_port "$BPORT"
+
+# JS A: listener for the sender, dials B.
+CONNECTOR_ILP_ADDRESS=test.jsa CONNECTOR_BACKEND=one-to-one CONNECTOR_SPREAD=0 \
+CONNECTOR_ROUTES='[{"targetPrefix":"test.jsc","peerId":"b"}]' \
+CONNECTOR_ACCOUNTS="{
+  \"sender\": {\"relation\": \"child\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
+    \"rateLimit\": $RATE, \"options\": {\"listener\": {\"port\": $APORT, \"secret\": \"bench-token\"}}},
+  \"b\": {\"relation\": \"peer\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
+    \"rateLimit\": $RATE, \"options\": {\"server\": \"btp+ws://jsa:secret-ab@127.0.0.1:$BPORT\"}}
+}" node bench/js/node_modules/ilp-connector/dist/index.js > "$TMP/a.log" 2>&1 &
+pids+=($!)
+wait_port "$APORT"
+sleep 2
+
+links() { curl -s "127.0.0.1:$BADMIN/metrics" | grep '^ilp_peer_links{peer="jsc"' | tr '\n' ' '; }
+echo "B's links to C before: $(links)"
+"$BENCH" load --label js-ours2-js --url "ws://127.0.0.1:$APORT" --user sender --token bench-token \
+  --destination test.jsc.receiver.bench --concurrency "$CONC" --duration "$DURATION" --warmup 1 --hops 3 --json
+echo "B's links to C after:  $(links)"
+echo "B's dials to C: $(grep -c '"btp_client_connected"' "$TMP/b.log") connected, $(grep -c '"btp_client_disconnected"' "$TMP/b.log") disconnected"
+echo "B's answers: $(curl -s "127.0.0.1:$BADMIN/metrics" | grep -E '^ilp_packets_(total|handed_over_total)' | tr '\n' ' ')"
