@@ -30,6 +30,8 @@ pub struct Load {
     pub duration: Duration,
     pub count: Option<u64>,
     pub progress: bool,
+    /// A different payload and condition per Prepare (see `--unique`).
+    pub unique: bool,
 }
 
 pub struct Outcome {
@@ -78,9 +80,16 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
             let link = links[i % links.len()].clone();
             let (phase, hist, counts, sent) =
                 (phase.clone(), hist.clone(), counts.clone(), sent.clone());
-            let (data, destination, count) = (data.clone(), load.destination.clone(), load.count);
+            let (mut data, destination, count) =
+                (data.clone(), load.destination.clone(), load.count);
+            let unique = load.unique;
             glommio::spawn_local(async move {
                 let mut ilp = BytesMut::with_capacity(256);
+                let mut condition = condition;
+                let mut n: u64 = 0;
+                if unique && data.len() < 16 {
+                    data.resize(16, 0x5a);
+                }
                 while phase.get() < 2 {
                     if phase.get() == 1 {
                         if let Some(c) = count {
@@ -89,6 +98,13 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
                             }
                         }
                         sent.set(sent.get() + 1);
+                    }
+                    if unique {
+                        // Worker index and sequence number: never the same payload twice.
+                        n += 1;
+                        data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                        data[8..16].copy_from_slice(&n.to_be_bytes());
+                        condition = condition_for(&data);
                     }
                     ilp.clear();
                     PrepareFields {

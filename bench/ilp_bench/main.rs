@@ -56,6 +56,11 @@ struct Timing {
     /// Print progress every second (always on for measured phases of 10 s or more).
     #[arg(long)]
     progress: bool,
+    /// A different payload (and condition) in every Prepare, so caches and deduplication
+    /// (the JS connector has both) cannot answer any of them; costs the sender two SHA-256
+    /// per packet.
+    #[arg(long)]
+    unique: bool,
 }
 
 impl Timing {
@@ -81,6 +86,7 @@ impl Timing {
             duration: Duration::from_secs_f64(self.duration),
             count: self.count,
             progress: self.progress || self.count.is_none() && self.duration >= 10.0,
+            unique: self.unique,
         }
     }
 }

@@ -9,9 +9,8 @@
 # Needs target/release/{ilp-bench,ilp-connector} (cargo build --release); installs the pinned
 # JS packages (npm ci) on first use.
 #
-# Caveat: `ilp-bench load` sends the same data in every Prepare, and the JS connector's
-# deduplicate middleware answers identical Prepares (same expiry millisecond) from its cache,
-# so only ~200 packets/s actually reach B: compare B's ilp_packets_total with the load's count.
+# The load uses `--unique` (a different payload per Prepare): the JS connector's deduplicate
+# middleware answers identical Prepares from its cache, so without it few packets reach B.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-5}"
@@ -82,7 +81,7 @@ sleep 2
 links() { curl -s "127.0.0.1:$BADMIN/metrics" | grep '^ilp_peer_links{peer="jsc"' | tr '\n' ' '; }
 echo "B's links to C before: $(links)"
 "$BENCH" load --label js-ours2-js --url "ws://127.0.0.1:$APORT" --user sender --token bench-token \
-  --destination test.jsc.receiver.bench --concurrency "$CONC" --duration "$DURATION" --warmup 1 --hops 3 --json
+  --destination test.jsc.receiver.bench --concurrency "$CONC" --duration "$DURATION" --warmup 1 --hops 3 --unique --json
 echo "B's links to C after:  $(links)"
 echo "B's dials to C: $(grep -c '"btp_client_connected"' "$TMP/b.log") connected, $(grep -c '"btp_client_disconnected"' "$TMP/b.log") disconnected"
 echo "B's answers: $(curl -s "127.0.0.1:$BADMIN/metrics" | grep -E '^ilp_packets_(total|handed_over_total)' | tr '\n' ' ')"
