@@ -258,6 +258,11 @@ fn child_that_never_reads_answers_is_bounded() {
                 break;
             }
         }
+        // Keep the socket open (still not reading): the node must close it itself, through
+        // its write watchdog, not because we went away.
+        if stalled {
+            glommio::timer::sleep(Duration::from_secs(4)).await;
+        }
         (sent, stalled)
     });
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
