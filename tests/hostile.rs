@@ -25,6 +25,13 @@ use ilp_connector::testkit::{condition_for, run_local, Fulfiller, Mode, SenderLi
 use async_tungstenite::tungstenite::Message;
 use sha2::{Digest, Sha256};
 
+/// The tests here run one at a time: one of them measures the process's memory, which the
+/// others (megabytes of frames each) would disturb.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn start(yaml: &str) -> ConnectorNode {
     let node = ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)), "node ready");
@@ -169,6 +176,7 @@ async fn ilp_connector_within<T>(fut: impl std::future::Future<Output = T>) -> O
 /// connection.
 #[test]
 fn next_hop_that_stops_reading_cannot_hold_prepares() {
+    let _serial = serial();
     let stall = StallPeer::start("n", "secret-st");
     let node = start(&format!(
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nsendTimeoutMs: 3000\nwriteTimeoutMs: 1000\nreconnectBackoffMs: [100]\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: stall, relation: child, url: \"ws://127.0.0.1:{}\", authToken: secret-st}}\n",
@@ -229,6 +237,7 @@ fn next_hop_that_stops_reading_cannot_hold_prepares() {
 /// (back-pressure), then closes it when its writes make no progress; memory stays bounded.
 #[test]
 fn child_that_never_reads_answers_is_bounded() {
+    let _serial = serial();
     let node = start(
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nwriteTimeoutMs: 1000\nmaxInFlightPerPeer: 1000\npeers:\n  - {id: deaf, relation: child, authToken: secret-d}\n  - {id: sender, relation: child, authToken: secret-s}\n",
     );
@@ -292,6 +301,7 @@ fn child_that_never_reads_answers_is_bounded() {
 /// a Prepare routed back to its sender is refused (F02).
 #[test]
 fn one_child_cannot_starve_the_others() {
+    let _serial = serial();
     let sink = Fulfiller::start("n", "secret-k", Mode::Silent);
     let recv = Fulfiller::start("n", "secret-r", Mode::Fulfill);
     let node = start(&format!(
@@ -363,6 +373,7 @@ fn one_child_cannot_starve_the_others() {
 /// this node) before the links close; no Prepare goes unanswered.
 #[test]
 fn stop_answers_every_prepare_before_closing() {
+    let _serial = serial();
     let silent = Fulfiller::start("n", "secret-k", Mode::Silent);
     let node = start(&format!(
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\ndrainTimeoutMs: 700\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: silent, relation: child, url: \"{}\", authToken: secret-k}}\n",
@@ -417,6 +428,7 @@ fn stop_answers_every_prepare_before_closing() {
 /// the others when the auth timeout passes; then a real peer gets in.
 #[test]
 fn unauthenticated_connections_are_capped_and_bounded_in_time() {
+    let _serial = serial();
     let node = start(
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nauthTimeoutMs: 800\nmaxUnauthenticatedPerShard: 4\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
     );
@@ -462,6 +474,7 @@ fn unauthenticated_connections_are_capped_and_bounded_in_time() {
 /// replaces the most silent.
 #[test]
 fn connection_limit_errors_then_silent_links_are_replaced() {
+    let _serial = serial();
     let node = start(
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nmaxConnectionsPerPeer: 2\nreplaceSilentLinkMs: 600\npeers:\n  - {id: c, relation: child, authToken: secret-c}\n",
     );
@@ -510,6 +523,7 @@ fn connection_limit_errors_then_silent_links_are_replaced() {
 /// at most one line per second for them; other peers are unaffected.
 #[test]
 fn malformed_frame_flood_is_answered_counted_and_not_logged_per_frame() {
+    let _serial = serial();
     let (logs, _level) = ilp_connector::logging::init_captured("info");
     let node = start(
         "nodeId: flood-node\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\npeers:\n  - {id: flood, relation: child, authToken: secret-f}\n  - {id: sender, relation: child, authToken: secret-s}\n",
@@ -565,6 +579,7 @@ fn malformed_frame_flood_is_answered_counted_and_not_logged_per_frame() {
 /// let it take a share of the connections); once the first stops, the port is free again.
 #[test]
 fn second_node_on_the_same_port_fails_to_start() {
+    let _serial = serial();
     let first = start("nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\n");
     let port = first.btp_port();
     // A fixed port for both: take the one the kernel gave the first node, on a node that
@@ -589,6 +604,7 @@ fn second_node_on_the_same_port_fails_to_start() {
 /// gave up — and if one does anyway, the Fulfill is logged and counted with its amount.
 #[test]
 fn outgoing_expiry_is_capped_and_a_late_fulfill_is_counted() {
+    let _serial = serial();
     let (tx, rx) = std::sync::mpsc::channel();
     let (exp_tx, exp_rx) = std::sync::mpsc::channel::<i64>();
     std::thread::spawn(move || {
@@ -674,6 +690,7 @@ where
 /// up and another child's packets are answered.
 #[test]
 fn assorted_garbage_keeps_the_node_and_others_up() {
+    let _serial = serial();
     let node = start(
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {id: bad, relation: child, authToken: secret-b}\n  - {id: sender, relation: child, authToken: secret-s}\n",
     );
@@ -752,6 +769,7 @@ fn assorted_garbage_keeps_the_node_and_others_up() {
 /// BTP ERROR itself maps to T01 (the packet is not at fault).
 #[test]
 fn evicted_link_fails_its_packets_with_t01_at_once() {
+    let _serial = serial();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         run_local(move || async move {
