@@ -7,7 +7,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,14 @@ fn ensure_packages() {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let r = INSTALLED.get_or_init(|| {
         let dir = interop_dir();
-        if dir
-            .join("node_modules/ilp-plugin-btp/package.json")
-            .exists()
+        if ["ilp-plugin-btp", "ilp-packet", "ilp-connector"]
+            .iter()
+            .all(|p| {
+                dir.join("node_modules")
+                    .join(p)
+                    .join("package.json")
+                    .exists()
+            })
         {
             return Ok(());
         }
@@ -130,27 +138,109 @@ fn reference_client_against_our_server() {
     );
 }
 
-#[test]
-fn our_client_against_reference_listener() {
-    let (_child, rx) = node_script("listener.js", &["secret-js"]);
+/// Starts the reference listener (`listener.js`) and our node dialling it as peer `js`, with
+/// `extra` appended to the node's top-level YAML; returns once the link is authenticated.
+fn node_dialling_reference_listener(
+    extra: &str,
+) -> (Reaped, mpsc::Receiver<serde_json::Value>, ConnectorNode) {
+    let (child, rx) = node_script("listener.js", &["secret-js"]);
     let port = next_line(&rx, "listening port")["port"]
         .as_u64()
         .expect("port") as u16;
-    let a = ConnectorNode::start(
+    let node = ConnectorNode::start(
         Config::from_yaml(&format!(
-            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: js, relation: peer, url: \"ws://127.0.0.1:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n"
+            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\n{extra}peers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: js, relation: peer, url: \"ws://127.0.0.1:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n"
         ))
         .unwrap(),
     )
     .unwrap();
+    wait_peer_up(&node, "js");
+    (child, rx, node)
+}
+
+fn wait_peer_up(node: &ConnectorNode, peer: &str) {
     let until = Instant::now() + Duration::from_secs(10);
-    while !a.health().peers["js"] {
-        assert!(
-            Instant::now() < until,
-            "never authenticated to the JS listener"
-        );
+    while !node.health().peers[peer] {
+        assert!(Instant::now() < until, "peer {peer} never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Samples how many links `node` has to `peer` (over all shards) every 5 ms until stopped;
+/// [`LinkWatcher::stop`] returns the least and the most seen.
+struct LinkWatcher {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, usize)>,
+}
+
+impl LinkWatcher {
+    fn start(node: &Arc<ConnectorNode>, peer: &'static str) -> LinkWatcher {
+        let (node, stop) = (node.clone(), Arc::new(AtomicBool::new(false)));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut min, mut max) = (usize::MAX, 0);
+            while !s2.load(Ordering::SeqCst) {
+                let n: usize = node.peer_links(peer).unwrap().iter().sum();
+                (min, max) = (min.min(n), max.max(n));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (min, max)
+        });
+        LinkWatcher { stop, thread }
+    }
+
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Sends `total` Prepares to `destination` at concurrency 64 over `connections` links to
+/// `url` (as `sender`), each with its own data (deduplicating connectors forward every one);
+/// returns how many were fulfilled.
+fn send_unique(
+    url: String,
+    token: &'static str,
+    destination: &'static str,
+    total: usize,
+    connections: usize,
+) -> usize {
+    const CONCURRENCY: usize = 64;
+    run_local(move || async move {
+        let mut links = Vec::new();
+        for _ in 0..connections {
+            links.push(Rc::new(
+                SenderLink::connect(&url, "sender", token).await.unwrap(),
+            ));
+        }
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|t| {
+                let s = links[t % links.len()].clone();
+                glommio::spawn_local(async move {
+                    let mut fulfilled = 0;
+                    for i in 0..(total / CONCURRENCY + usize::from(t < total % CONCURRENCY)) {
+                        let data = format!("{t}-{i}");
+                        if let Ok(Packet::Fulfill(_)) =
+                            s.send(destination, 1, 20_000, data.as_bytes()).await
+                        {
+                            fulfilled += 1;
+                        }
+                    }
+                    fulfilled
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await;
+        }
+        total
+    })
+}
+
+#[test]
+fn our_client_against_reference_listener() {
+    let (_child, rx, a) = node_dialling_reference_listener("");
     let url = format!("ws://127.0.0.1:{}", a.btp_port());
     let answer = run_local(move || async move {
         let s = SenderLink::connect(&url, "sender", "secret-sa")
@@ -171,80 +261,20 @@ fn our_client_against_reference_listener() {
 /// senders on both shards are all fulfilled, over exactly one link for the whole run.
 #[test]
 fn two_shard_node_keeps_one_link_to_the_reference_listener() {
-    let (_child, rx) = node_script("listener.js", &["secret-js"]);
-    let port = next_line(&rx, "listening port")["port"]
-        .as_u64()
-        .expect("port") as u16;
-    let a = ConnectorNode::start(
-        Config::from_yaml(&format!(
-            "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\nshards: 2\nmaxConnectionsPerPeer: 16\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: js, relation: peer, url: \"ws://127.0.0.1:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while !a.health().peers["js"] {
-        assert!(
-            Instant::now() < until,
-            "never authenticated to the JS listener"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let a = std::sync::Arc::new(a);
-    let watcher = {
-        let (a, stop) = (
-            a.clone(),
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        );
-        let s2 = stop.clone();
-        let h = std::thread::spawn(move || {
-            let (mut min, mut max) = (usize::MAX, 0);
-            while !s2.load(std::sync::atomic::Ordering::SeqCst) {
-                let n: usize = a.peer_links("js").unwrap().iter().sum();
-                (min, max) = (min.min(n), max.max(n));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (min, max)
-        });
-        (stop, h)
-    };
-    let url = format!("ws://127.0.0.1:{}", a.btp_port());
-    let codes = run_local(move || async move {
-        // Eight sender connections: the kernel spreads them over both shards.
-        let mut links = Vec::new();
-        for _ in 0..8 {
-            links.push(std::rc::Rc::new(
-                SenderLink::connect(&url, "sender", "secret-sa")
-                    .await
-                    .unwrap(),
-            ));
-        }
-        let tasks: Vec<_> = (0..64)
-            .map(|t| {
-                let s = links[t % links.len()].clone();
-                glommio::spawn_local(async move {
-                    let mut fulfilled = 0;
-                    for i in 0..(5000 / 64 + usize::from(t < 5000 % 64)) {
-                        let data = format!("{t}-{i}");
-                        if let Ok(Packet::Fulfill(_)) =
-                            s.send("test.js.bob", 1, 20_000, data.as_bytes()).await
-                        {
-                            fulfilled += 1;
-                        }
-                    }
-                    fulfilled
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for t in tasks {
-            total += t.await;
-        }
-        total
-    });
-    watcher.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (min, max) = watcher.1.join().unwrap();
-    assert_eq!(codes, 5000, "every packet fulfilled");
+    let (_child, _rx, a) =
+        node_dialling_reference_listener("shards: 2\nmaxConnectionsPerPeer: 16\n");
+    let a = Arc::new(a);
+    let watcher = LinkWatcher::start(&a, "js");
+    // Eight sender connections: the kernel spreads them over both shards.
+    let fulfilled = send_unique(
+        format!("ws://127.0.0.1:{}", a.btp_port()),
+        "secret-sa",
+        "test.js.bob",
+        5000,
+        8,
+    );
+    let (min, max) = watcher.stop();
+    assert_eq!(fulfilled, 5000, "every packet fulfilled");
     assert_eq!(
         (min, max),
         (1, 1),
@@ -258,4 +288,65 @@ fn two_shard_node_keeps_one_link_to_the_reference_listener() {
             .count(),
         1
     );
+}
+
+/// Issue 16: the reference JS connector on both sides of a two-shard node of ours:
+/// sender → JS A → our B (`shards: 2`) → JS C → fulfiller. 5 000 Prepares at concurrency 64,
+/// each with its own data (the JS connector answers repeated Prepares from a cache), are all
+/// fulfilled, and B holds exactly one link to C (a listener that keeps one socket per account)
+/// for the whole run (packets arriving on B's other shard are handed over to it).
+#[test]
+fn js_connector_to_our_two_shard_node_to_js_connector() {
+    let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
+    let rate = r#"{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}"#;
+    let c_config = format!(
+        r#"{{"ilpAddress":"test.jsc","routes":[{{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}}],
+        "accounts":{{
+          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"listener":{{"port":0,"secret":"secret-bc"}}}}}},
+          "receiver":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}}}}}}}"#,
+        fulfiller.port
+    );
+    let (_c, c_rx) = node_script("connector.js", &[&c_config]);
+    let c_port = next_line(&c_rx, "C's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    let b = Arc::new(
+        ConnectorNode::start(
+            Config::from_yaml(&format!(
+                "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nshards: 2\npeers:\n  - {{id: jsa, relation: peer, authToken: secret-ab}}\n  - {{id: jsc, relation: peer, url: \"ws://127.0.0.1:{c_port}\", authToken: secret-bc}}\nroutes:\n  - {{prefix: test.jsc, nextHop: jsc}}\n"
+            ))
+            .unwrap(),
+        )
+        .unwrap(),
+    );
+    wait_peer_up(&b, "jsc");
+    let a_config = format!(
+        r#"{{"ilpAddress":"test.jsa","routes":[{{"targetPrefix":"test.jsc","peerId":"b"}}],
+        "accounts":{{
+          "sender":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"listener":{{"port":0,"secret":"secret-sa"}}}}}},
+          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}}}}}}}"#,
+        b.btp_port()
+    );
+    let (_a, a_rx) = node_script("connector.js", &[&a_config]);
+    let a_port = next_line(&a_rx, "A's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    wait_peer_up(&b, "jsa");
+
+    let watcher = LinkWatcher::start(&b, "jsc");
+    // One sender connection: A's listener keeps one socket per account too.
+    let fulfilled = send_unique(
+        format!("ws://127.0.0.1:{a_port}"),
+        "secret-sa",
+        "test.jsc.receiver.bob",
+        5000,
+        1,
+    );
+    let (min, max) = watcher.stop();
+    assert_eq!(fulfilled, 5000, "every packet fulfilled");
+    assert_eq!((min, max), (1, 1), "exactly one link from B to C all along");
 }
