@@ -6,9 +6,11 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use async_tungstenite::WebSocketStream;
 use bytes::BytesMut;
+use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
-use ilp_connector::btp::client::{dial, parse_url};
+use ilp_connector::btp::client::{dial, parse_url, DialTarget};
 use ilp_connector::btp::deadlines::Deadlines;
 use ilp_connector::btp::link::{self, Link, LinkConfig};
 use ilp_connector::btp::IncomingHandler;
@@ -32,6 +34,90 @@ pub struct Load {
     pub progress: bool,
     /// A different payload and condition per Prepare (see `--unique`).
     pub unique: bool,
+    /// Keep only links that land on this shard of the target (see [`Placement`]).
+    pub place: Option<Placement>,
+}
+
+/// Which shard of a multi-shard target the sender's links must land on. The kernel spreads
+/// connections over the shards' SO_REUSEPORT sockets by a hash we do not control, so a link
+/// that lands elsewhere is closed and dialled again; the target's `/metrics`
+/// (`ilp_peer_links{peer,shard}`) says where each one landed.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub admin_port: u16,
+    /// The sender's account on the target.
+    pub peer: String,
+    pub shard: usize,
+}
+
+/// `GET /metrics` from the admin port on 127.0.0.1 (blocking; setup and reporting only).
+pub fn fetch_metrics(admin_port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin_port))
+        .map_err(|e| format!("admin port {admin_port}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+/// The value of the metric line that starts with `prefix` (name and labels), or 0.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Links of `peer` on each shard of the target (shards 0..8 looked up).
+fn links_per_shard(admin_port: u16, peer: &str) -> Result<Vec<f64>, String> {
+    let text = fetch_metrics(admin_port)?;
+    Ok((0..8)
+        .map(|s| {
+            metric(
+                &text,
+                &format!("ilp_peer_links{{peer=\"{peer}\",shard=\"{s}\"}}"),
+            )
+        })
+        .collect())
+}
+
+/// Polls `links_per_shard` until `done` holds of it, for at most 2 s.
+async fn wait_links(place: &Placement, done: impl Fn(&[f64]) -> bool) -> Result<Vec<f64>, String> {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = links_per_shard(place.admin_port, &place.peer)?;
+        if done(&now) || Instant::now() > until {
+            return Ok(now);
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Dials `target` until the link lands on `place.shard` (at most 64 tries).
+async fn dial_placed(
+    target: &DialTarget,
+    load: &Load,
+    place: &Placement,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    for _ in 0..64 {
+        let before = links_per_shard(place.admin_port, &place.peer)?;
+        let ws = dial(target, &load.user, &load.token, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("dial {}: {e}", load.url))?;
+        let after = wait_links(place, |now| now.iter().sum::<f64>() > before.iter().sum()).await?;
+        if after.get(place.shard) > before.get(place.shard) {
+            return Ok(ws);
+        }
+        drop(ws);
+        wait_links(place, |now| now == before.as_slice()).await?;
+    }
+    Err(format!(
+        "no link landed on shard {} in 64 dials",
+        place.shard
+    ))
 }
 
 pub struct Outcome {
@@ -48,9 +134,12 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
     let target = parse_url(&load.url)?;
     let mut links = Vec::new();
     for _ in 0..load.links.max(1) {
-        let ws = dial(&target, &load.user, &load.token, Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("dial {}: {e}", load.url))?;
+        let ws = match &load.place {
+            Some(place) => dial_placed(&target, &load, place).await?,
+            None => dial(&target, &load.user, &load.token, Duration::from_secs(5))
+                .await
+                .map_err(|e| format!("dial {}: {e}", load.url))?,
+        };
         let deadlines = Deadlines::new();
         let cfg = LinkConfig {
             max_pending: 1 << 20,

@@ -7,12 +7,15 @@
 //!   optionally measuring given process ids.
 //! - `ilp-bench fulfiller`: a BTP fulfiller on a port (`sha256(data)` fulfils).
 //! - `ilp-bench relay`: the byte-level WebSocket relay used as the baseline.
+//! - `ilp-bench handover`: 1 hop through a 2-shard node with the sender's link placed on the
+//!   shard with, or without, the next hop's link (see `handover.rs`).
 //! - `ilp-bench soak`: A → B → C with B killed and restarted again and again and a stalling
 //!   fulfiller; every Prepare must get exactly one answer (see `soak.rs`).
 //!
 //! CPU per packet comes from the connector processes' `/proc/<pid>/stat` over the measured
 //! phase; peak RSS from `VmHWM`.
 
+mod handover;
 mod load;
 mod procstat;
 mod relay;
@@ -87,6 +90,7 @@ impl Timing {
             count: self.count,
             progress: self.progress || self.count.is_none() && self.duration >= 10.0,
             unique: self.unique,
+            place: None,
         }
     }
 }
@@ -160,6 +164,23 @@ enum Cmd {
     Relay {
         #[arg(long)]
         to: String,
+    },
+    /// 1 hop through a 2-shard node: packets crossing shards to the one link against packets
+    /// that do not (see handover.rs).
+    Handover {
+        #[command(flatten)]
+        timing: Timing,
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// `spinBeforeParkUs` for the node (0 = park at once).
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
+        /// Pin the node's shards to cores 0 and 1.
+        #[arg(long)]
+        pin: bool,
     },
     /// Sender → A → B → C → fulfiller while B is SIGKILLed and restarted and the fulfiller
     /// stalls; counts unanswered and duplicated answers (exit 1 unless both are 0).
@@ -268,6 +289,31 @@ fn main() -> ExitCode {
                 .and_then(|h| h.join().map_err(|e| e.to_string())?);
             r
         }
+        Cmd::Handover {
+            timing,
+            connector,
+            concurrency,
+            spin_us,
+            pin,
+        } => connector_bin(connector).and_then(|bin| {
+            let node = NodeOptions {
+                spin_us,
+                pin,
+                links: None,
+            };
+            let rows = handover::run(&bin, &timing, concurrency, node)?;
+            let plain: Vec<Row> = rows.iter().map(|r| r.row.clone()).collect();
+            print_table(&plain);
+            println!();
+            for r in &rows {
+                println!(
+                    "  {:<6} {:>3.0}% of packets handed over between shards",
+                    r.row.scenario,
+                    100.0 * r.handed_over
+                );
+            }
+            Ok(())
+        }),
         Cmd::Soak {
             connector,
             packets,
