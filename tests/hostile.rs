@@ -242,6 +242,8 @@ fn child_that_never_reads_answers_is_bounded() {
         "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nwriteTimeoutMs: 1000\nmaxInFlightPerPeer: 1000\npeers:\n  - {id: deaf, relation: child, authToken: secret-d}\n  - {id: sender, relation: child, authToken: secret-s}\n",
     );
     let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let node = Arc::new(node);
+    let watched = node.clone();
     let before = rss_kib();
     let (sent, stalled) = run_local(move || async move {
         let target = parse_url(&url).unwrap();
@@ -270,7 +272,12 @@ fn child_that_never_reads_answers_is_bounded() {
         // Keep the socket open (still not reading): the node must close it itself, through
         // its write watchdog, not because we went away.
         if stalled {
-            glommio::timer::sleep(Duration::from_secs(4)).await;
+            let until = Instant::now() + Duration::from_secs(10);
+            while watched.peer_links("deaf").unwrap().iter().sum::<usize>() > 0
+                && Instant::now() < until
+            {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
         }
         (sent, stalled)
     });
@@ -376,10 +383,11 @@ fn stop_answers_every_prepare_before_closing() {
     let _serial = serial();
     let silent = Fulfiller::start("n", "secret-k", Mode::Silent);
     let node = start(&format!(
-        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\ndrainTimeoutMs: 700\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: silent, relation: child, url: \"{}\", authToken: secret-k}}\n",
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\ndrainTimeoutMs: 700\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: silent, relation: child, url: \"{}\", authToken: secret-k}}\n",
         silent.url()
     ));
     let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let health = format!("http://127.0.0.1:{}/health", node.admin_port().unwrap());
     let node = Arc::new(std::sync::Mutex::new(node));
     let n2 = node.clone();
     let (early, late) = run_local(move || async move {
@@ -402,9 +410,20 @@ fn stop_answers_every_prepare_before_closing() {
             assert!(Instant::now() < until);
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        glommio::timer::sleep(Duration::from_millis(100)).await;
+        while n2.lock().unwrap().in_flight() < 50 {
+            assert!(Instant::now() < until, "the node never held all 50");
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
         let stopper = std::thread::spawn(move || n2.lock().unwrap().stop());
-        glommio::timer::sleep(Duration::from_millis(200)).await;
+        // Blocking here is fine: the 50 wait for the drain, nothing else runs.
+        wait_for("/health to say stopping", 5, || {
+            // 503 while stopping: ureq returns that as an error with the response.
+            let r = match ureq::get(&health).timeout(Duration::from_secs(1)).call() {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                Err(_) => return false,
+            };
+            r.into_string().is_ok_and(|b| b.contains("stopping"))
+        });
         let t = Instant::now();
         let late = code(&s.send("test.n.silent.x", 1, 30_000, b"l").await);
         assert!(t.elapsed() < Duration::from_millis(300), "refused at once");

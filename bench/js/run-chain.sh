@@ -35,15 +35,24 @@ FPORT=$(grep -o '[0-9]\+' "$TMP/fulfiller.out" | head -1)
 APORT=$(free_port); BPORT=$(free_port); CPORT=$(free_port); BADMIN=$(free_port)
 RATE='{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}'
 
+# account ID RELATION PLUGIN_OPTIONS: one ilp-plugin-btp account of a JS connector (XRP, 9).
+account() {
+  echo "\"$1\": {\"relation\": \"$2\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
+    \"rateLimit\": $RATE, \"options\": $3}"
+}
+# js_connector ADDRESS ROUTES ACCOUNT...: the JS connector with these accounts, in the foreground.
+js_connector() {
+  local address="$1" routes="$2"; shift 2
+  local IFS=,
+  CONNECTOR_ILP_ADDRESS="$address" CONNECTOR_BACKEND=one-to-one CONNECTOR_SPREAD=0 \
+  CONNECTOR_ROUTES="$routes" CONNECTOR_ACCOUNTS="{$*}" \
+    node bench/js/node_modules/ilp-connector/dist/index.js
+}
+
 # JS C: listener for B, dials the fulfiller as its child `receiver`.
-CONNECTOR_ILP_ADDRESS=test.jsc CONNECTOR_BACKEND=one-to-one CONNECTOR_SPREAD=0 \
-CONNECTOR_ROUTES='[{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}]' \
-CONNECTOR_ACCOUNTS="{
-  \"b\": {\"relation\": \"peer\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
-    \"rateLimit\": $RATE, \"options\": {\"listener\": {\"port\": $CPORT, \"secret\": \"secret-bc\"}}},
-  \"receiver\": {\"relation\": \"child\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
-    \"rateLimit\": $RATE, \"options\": {\"server\": \"btp+ws://js:secret-r@127.0.0.1:$FPORT\"}}
-}" node bench/js/node_modules/ilp-connector/dist/index.js > "$TMP/c.log" 2>&1 &
+js_connector test.jsc '[{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}]' \
+  "$(account b peer "{\"listener\": {\"port\": $CPORT, \"secret\": \"secret-bc\"}}")" \
+  "$(account receiver child "{\"server\": \"btp+ws://js:secret-r@127.0.0.1:$FPORT\"}")" > "$TMP/c.log" 2>&1 &
 pids+=($!)
 wait_port "$CPORT"
 
@@ -66,14 +75,9 @@ pids+=($!)
 wait_port "$BPORT"
 
 # JS A: listener for the sender, dials B.
-CONNECTOR_ILP_ADDRESS=test.jsa CONNECTOR_BACKEND=one-to-one CONNECTOR_SPREAD=0 \
-CONNECTOR_ROUTES='[{"targetPrefix":"test.jsc","peerId":"b"}]' \
-CONNECTOR_ACCOUNTS="{
-  \"sender\": {\"relation\": \"child\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
-    \"rateLimit\": $RATE, \"options\": {\"listener\": {\"port\": $APORT, \"secret\": \"bench-token\"}}},
-  \"b\": {\"relation\": \"peer\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
-    \"rateLimit\": $RATE, \"options\": {\"server\": \"btp+ws://jsa:secret-ab@127.0.0.1:$BPORT\"}}
-}" node bench/js/node_modules/ilp-connector/dist/index.js > "$TMP/a.log" 2>&1 &
+js_connector test.jsa '[{"targetPrefix":"test.jsc","peerId":"b"}]' \
+  "$(account sender child "{\"listener\": {\"port\": $APORT, \"secret\": \"bench-token\"}}")" \
+  "$(account b peer "{\"server\": \"btp+ws://jsa:secret-ab@127.0.0.1:$BPORT\"}")" > "$TMP/a.log" 2>&1 &
 pids+=($!)
 wait_port "$APORT"
 sleep 2

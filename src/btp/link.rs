@@ -44,7 +44,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
@@ -495,9 +495,7 @@ impl Link {
             };
             match &mut p.slot {
                 Slot::Waiting(w) => {
-                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *w = Some(cx.waker().clone());
-                    }
+                    park(w, cx);
                     Poll::Pending
                 }
                 Slot::Done(_) => match pending.remove(&id) {
@@ -641,6 +639,14 @@ impl LinkInner {
     }
 }
 
+/// Stores the waker of the task polling `cx` in `slot`, unless the stored one already wakes it
+/// (no clone on the usual repeated poll).
+fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
 /// Resolves when the link task has something to write, or may read again, or must close.
 fn outbound_ready(inner: &LinkInner, reading: bool) -> impl std::future::Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| {
@@ -651,10 +657,7 @@ fn outbound_ready(inner: &LinkInner, reading: bool) -> impl std::future::Future<
         {
             return Poll::Ready(());
         }
-        let mut task = inner.task.borrow_mut();
-        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *task = Some(cx.waker().clone());
-        }
+        park(&mut inner.task.borrow_mut(), cx);
         Poll::Pending
     })
 }
@@ -717,10 +720,7 @@ async fn watched_write<E>(
         if inner.write_aborted.get() {
             return Poll::Ready(Err(Dead));
         }
-        let mut task = inner.task.borrow_mut();
-        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *task = Some(cx.waker().clone());
-        }
+        park(&mut inner.task.borrow_mut(), cx);
         Poll::Pending
     });
     let result = futures_lite::future::or(async { fut.await.map_err(|_| Dead) }, aborted).await;

@@ -267,6 +267,20 @@ mod tests {
         ))
     }
 
+    /// The expiry (unix ms) `decide` gives a Prepare that expires `expires_in` ms from now.
+    fn forwarded_expiry(timing: Timing, expires_in: i64) -> i64 {
+        match decide(
+            &prepare("test.c.x", expires_in, [0; 32]),
+            now(),
+            timing,
+            false,
+            route,
+        ) {
+            Decision::Forward { expires_at, .. } => expires_at.unix_millis(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn expiry_arithmetic() {
         // Plenty of time: out = in - margin.
@@ -281,35 +295,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Far future: capped at now + max hold.
-        match decide(
-            &prepare("test.c.x", 120_000, [0; 32]),
-            now(),
-            T,
-            false,
-            route,
-        ) {
-            Decision::Forward { expires_at, .. } => {
-                assert_eq!(expires_at.unix_millis(), NOW + 30_000)
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(forwarded_expiry(T, 120_000), NOW + 30_000);
         // The send timeout caps it too (we never wait less than the expiry we set).
         let t = Timing {
             send_timeout_ms: 10_000,
             ..T
         };
-        match decide(
-            &prepare("test.c.x", 120_000, [0; 32]),
-            now(),
-            t,
-            false,
-            route,
-        ) {
-            Decision::Forward { expires_at, .. } => {
-                assert_eq!(expires_at.unix_millis(), NOW + 10_000)
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(forwarded_expiry(t, 120_000), NOW + 10_000);
         assert_eq!(t.grace_ms(), 500);
         // Exactly 2 × margin left: out - now == margin, still enough.
         assert_eq!(outcome("test.c.x", 2_000, [0; 32], false), "forward");
