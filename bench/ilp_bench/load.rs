@@ -34,6 +34,11 @@ pub struct Load {
     pub progress: bool,
     /// A different payload and condition per Prepare (see `--unique`).
     pub unique: bool,
+    /// Open loop: send this many Prepares per second whatever the answers (`concurrency` is
+    /// then unused).
+    pub rate: Option<f64>,
+    /// Whether the caller counts the target's system calls (see `--syscalls`).
+    pub count_syscalls: bool,
     /// Keep only links that land on this shard of the target (see [`Placement`]).
     pub place: Option<Placement>,
 }
@@ -157,93 +162,54 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
     let condition = condition_for(&data);
     probe(&links[0], &load.destination, &data, &condition).await?;
 
-    // 0 = warm-up, 1 = measuring, 2 = done.
-    let phase = Rc::new(Cell::new(0u8));
-    let hist = Rc::new(RefCell::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
-    ));
-    let counts = Rc::new(Cell::new((0u64, 0u64, 0u64)));
-    let sent = Rc::new(Cell::new(0u64));
-    let workers: Vec<_> = (0..load.concurrency)
-        .map(|i| {
-            let link = links[i % links.len()].clone();
-            let (phase, hist, counts, sent) =
-                (phase.clone(), hist.clone(), counts.clone(), sent.clone());
-            let (mut data, destination, count) =
-                (data.clone(), load.destination.clone(), load.count);
-            let unique = load.unique;
-            glommio::spawn_local(async move {
-                let mut ilp = BytesMut::with_capacity(256);
-                let mut condition = condition;
-                let mut n: u64 = 0;
-                if unique && data.len() < 16 {
-                    data.resize(16, 0x5a);
-                }
-                while phase.get() < 2 {
-                    if phase.get() == 1 {
-                        if let Some(c) = count {
-                            if sent.get() >= c {
-                                break;
-                            }
-                        }
-                        sent.set(sent.get() + 1);
-                    }
-                    if unique {
-                        // Worker index and sequence number: never the same payload twice.
-                        n += 1;
-                        data[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                        data[8..16].copy_from_slice(&n.to_be_bytes());
-                        condition = condition_for(&data);
-                    }
-                    ilp.clear();
-                    PrepareFields {
-                        amount: 1,
-                        expires_at: Timestamp::now().add_millis(30_000),
-                        execution_condition: &condition,
-                        destination: destination.as_bytes(),
-                        data: &data,
-                    }
-                    .encode(&mut ilp);
-                    let mut frame = BytesMut::with_capacity(ilp.len() + 32);
-                    btp::encode_ilp(&mut frame, BtpType::Message, 0, &ilp);
-                    let measuring = phase.get() == 1;
-                    let started = Instant::now();
-                    let result = link.request(frame, None).await;
-                    if !measuring || phase.get() != 1 {
-                        continue;
-                    }
-                    let us = started.elapsed().as_micros() as u64;
-                    let (mut f, mut r, mut e) = counts.get();
-                    match result.map(|p| p.ilp().map(Packet::decode)) {
-                        Ok(Some(Ok(Packet::Fulfill(_)))) => {
-                            f += 1;
-                            let _ = hist.borrow_mut().record(us.max(1));
-                        }
-                        Ok(Some(Ok(Packet::Reject(_)))) => r += 1,
-                        _ => e += 1,
-                    }
-                    counts.set((f, r, e));
-                }
+    let tally = Rc::new(Tally {
+        phase: Cell::new(0),
+        hist: RefCell::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        ),
+        counts: Cell::new((0, 0, 0)),
+        sent: Cell::new(0),
+        count: load.count,
+    });
+    let drivers: Vec<_> = match load.rate {
+        None => (0..load.concurrency)
+            .map(|i| {
+                let (link, tally) = (links[i % links.len()].clone(), tally.clone());
+                let payload = Payload::new(&load, i as u64, &data, condition);
+                let destination = load.destination.clone();
+                glommio::spawn_local(closed_loop(link, tally, payload, destination))
             })
-        })
-        .collect();
+            .collect(),
+        Some(rate) => {
+            let (links, tally) = (links.clone(), tally.clone());
+            let payload = Payload::new(&load, 0, &data, condition);
+            let destination = load.destination.clone();
+            vec![glommio::spawn_local(open_loop(
+                links,
+                tally,
+                payload,
+                rate,
+                destination,
+            ))]
+        }
+    };
 
     glommio::timer::sleep(load.warmup).await;
     on_measure();
-    phase.set(1);
+    tally.phase.set(1);
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
         glommio::timer::sleep(Duration::from_millis(20)).await;
         let done = match load.count {
             Some(c) => {
-                let (f, r, e) = counts.get();
+                let (f, r, e) = tally.counts.get();
                 f + r + e >= c
             }
             None => started.elapsed() >= load.duration,
         };
         if load.progress && last_report.elapsed() >= Duration::from_secs(1) {
-            let (f, r, e) = counts.get();
+            let (f, r, e) = tally.counts.get();
             eprintln!(
                 "  … {:.0} s: {f} fulfilled, {r} rejected, {e} errors",
                 started.elapsed().as_secs_f64()
@@ -255,15 +221,15 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
         }
     }
     let elapsed = started.elapsed();
-    phase.set(2);
-    for w in workers {
-        w.await;
+    tally.phase.set(2);
+    for d in drivers {
+        d.await;
     }
     for l in &links {
         l.close();
     }
-    let (fulfilled, rejected, errors) = counts.get();
-    let latency_us = hist.borrow().clone();
+    let (fulfilled, rejected, errors) = tally.counts.get();
+    let latency_us = tally.hist.borrow().clone();
     Ok(Outcome {
         fulfilled,
         rejected,
@@ -271,6 +237,159 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
         elapsed,
         latency_us,
     })
+}
+
+/// What the drivers share: the phase (0 = warm-up, 1 = measuring, 2 = done), the latency
+/// histogram and the answers counted in the measured phase.
+struct Tally {
+    phase: Cell<u8>,
+    hist: RefCell<Histogram<u64>>,
+    /// (fulfilled, rejected, errors)
+    counts: Cell<(u64, u64, u64)>,
+    /// Prepares sent in the measured phase.
+    sent: Cell<u64>,
+    count: Option<u64>,
+}
+
+impl Tally {
+    /// Whether another Prepare may be sent now (counts it if it is a measured one).
+    fn may_send(&self) -> bool {
+        match self.phase.get() {
+            0 => true,
+            1 => {
+                if self.count.is_some_and(|c| self.sent.get() >= c) {
+                    return false;
+                }
+                self.sent.set(self.sent.get() + 1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records an answer that took `us` (from the send, or its scheduled time in open loop),
+    /// if the packet was sent in the measured phase and the phase is still on.
+    fn record(
+        &self,
+        measured: bool,
+        us: u64,
+        result: Result<ilp_connector::codec::BtpPacket, ilp_connector::btp::LinkError>,
+    ) {
+        if !measured || self.phase.get() != 1 {
+            return;
+        }
+        let (mut f, mut r, mut e) = self.counts.get();
+        match result.map(|p| p.ilp().map(Packet::decode)) {
+            Ok(Some(Ok(Packet::Fulfill(_)))) => {
+                f += 1;
+                let _ = self.hist.borrow_mut().record(us.max(1));
+            }
+            Ok(Some(Ok(Packet::Reject(_)))) => r += 1,
+            _ => e += 1,
+        }
+        self.counts.set((f, r, e));
+    }
+}
+
+/// The data and condition of successive Prepares: the same every time, or (`--unique`) the
+/// driver's index and a sequence number in the first 16 bytes, never the same payload twice.
+struct Payload {
+    data: Vec<u8>,
+    condition: [u8; 32],
+    unique: Option<(u64, u64)>,
+}
+
+impl Payload {
+    fn new(load: &Load, driver: u64, data: &[u8], condition: [u8; 32]) -> Payload {
+        let mut data = data.to_vec();
+        if load.unique && data.len() < 16 {
+            data.resize(16, 0x5a);
+        }
+        Payload {
+            data,
+            condition,
+            unique: load.unique.then_some((driver, 0)),
+        }
+    }
+
+    /// The BTP MESSAGE of the next Prepare to `destination`.
+    fn next_frame(&mut self, destination: &str, ilp: &mut BytesMut) -> BytesMut {
+        if let Some((driver, n)) = &mut self.unique {
+            *n += 1;
+            self.data[..8].copy_from_slice(&driver.to_be_bytes());
+            self.data[8..16].copy_from_slice(&n.to_be_bytes());
+            self.condition = condition_for(&self.data);
+        }
+        ilp.clear();
+        PrepareFields {
+            amount: 1,
+            expires_at: Timestamp::now().add_millis(30_000),
+            execution_condition: &self.condition,
+            destination: destination.as_bytes(),
+            data: &self.data,
+        }
+        .encode(ilp);
+        let mut frame = BytesMut::with_capacity(ilp.len() + 32);
+        btp::encode_ilp(&mut frame, BtpType::Message, 0, ilp);
+        frame
+    }
+}
+
+/// One of `concurrency` workers: sends, waits for the answer, sends the next.
+async fn closed_loop(link: Link, tally: Rc<Tally>, mut payload: Payload, destination: String) {
+    let mut ilp = BytesMut::with_capacity(256);
+    while tally.may_send() {
+        let frame = payload.next_frame(&destination, &mut ilp);
+        let measured = tally.phase.get() == 1;
+        let started = Instant::now();
+        let result = link.request(frame, None).await;
+        tally.record(measured, started.elapsed().as_micros() as u64, result);
+    }
+}
+
+/// Sends at `rate` Prepares per second whatever the answers (spread over `links`), each at
+/// its scheduled time or, if the sender fell behind, at once; latency counts from the
+/// scheduled time, so a stalled connector cannot hide its stall (no coordinated omission).
+async fn open_loop(
+    links: Vec<Link>,
+    tally: Rc<Tally>,
+    mut payload: Payload,
+    rate: f64,
+    destination: String,
+) {
+    let mut ilp = BytesMut::with_capacity(256);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let outstanding = Rc::new(Cell::new(0u64));
+    'sending: loop {
+        let now = Instant::now();
+        let mut due = start + interval.mul_f64(sent as f64);
+        while due <= now {
+            if !tally.may_send() {
+                break 'sending;
+            }
+            let frame = payload.next_frame(&destination, &mut ilp);
+            let link = links[sent as usize % links.len()].clone();
+            let (tally2, outstanding2) = (tally.clone(), outstanding.clone());
+            let (measured, scheduled) = (tally.phase.get() == 1, due);
+            outstanding.set(outstanding.get() + 1);
+            glommio::spawn_local(async move {
+                let result = link.request(frame, None).await;
+                tally2.record(measured, scheduled.elapsed().as_micros() as u64, result);
+                outstanding2.set(outstanding2.get() - 1);
+            })
+            .detach();
+            sent += 1;
+            due = start + interval.mul_f64(sent as f64);
+        }
+        glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+    }
+    // The answers still on their way (bounded: the links time requests out).
+    let until = Instant::now() + Duration::from_secs(35);
+    while outstanding.get() > 0 && Instant::now() < until {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Sends one packet at a time until one is fulfilled (the path is up), for at most 10 s.

@@ -9,6 +9,8 @@
 //! - `ilp-bench relay`: the byte-level WebSocket relay used as the baseline.
 //! - `ilp-bench handover`: 1 hop through a 2-shard node with the sender's link placed on the
 //!   shard with, or without, the next hop's link (see `handover.rs`).
+//! - `ilp-bench rates`: the glommio relay, an epoll relay, our 1 hop (and the JS connector) at
+//!   fixed offered rates (open loop) and at saturation (see `rates.rs`).
 //! - `ilp-bench soak`: A → B → C with B killed and restarted again and again and a stalling
 //!   fulfiller; every Prepare must get exactly one answer (see `soak.rs`).
 //!
@@ -18,11 +20,12 @@
 mod handover;
 mod load;
 mod procstat;
+mod rates;
 mod relay;
 mod soak;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
@@ -64,6 +67,15 @@ struct Timing {
     /// per packet.
     #[arg(long)]
     unique: bool,
+    /// Open loop: send this many Prepares per second whatever the answers (latency from each
+    /// one's scheduled send time); `concurrency` is then unused.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Count the connector's system calls with `perf stat` (raw_syscalls:sys_enter) over the
+    /// measured phase. The tracepoint slows every system call, so CPU figures from such a run
+    /// are inflated (by ~30 % at saturation here): take CPU from a run without it.
+    #[arg(long)]
+    syscalls: bool,
 }
 
 impl Timing {
@@ -91,6 +103,8 @@ impl Timing {
             progress: self.progress || self.count.is_none() && self.duration >= 10.0,
             unique: self.unique,
             place: None,
+            rate: self.rate,
+            count_syscalls: self.syscalls,
         }
     }
 }
@@ -164,6 +178,26 @@ enum Cmd {
     Relay {
         #[arg(long)]
         to: String,
+        /// The same relay on a current-thread tokio runtime (epoll) instead of glommio.
+        #[arg(long)]
+        epoll: bool,
+    },
+    /// Relays, our 1 hop (and the JS connector) at fixed offered rates and at saturation.
+    Rates {
+        #[command(flatten)]
+        timing: Timing,
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        /// Offered rates, packets per second.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000,100000")]
+        rates: Vec<f64>,
+        /// Include the reference JS connector (needs `npm ci` in bench/js).
+        #[arg(long)]
+        js: bool,
+        /// Write the results as JSON here.
+        #[arg(long, default_value = "target/ilp-bench-rates.json")]
+        json: PathBuf,
     },
     /// 1 hop through a 2-shard node: packets crossing shards to the one link against packets
     /// that do not (see handover.rs).
@@ -212,6 +246,8 @@ struct Row {
     hops: u32,
     shards: usize,
     concurrency: usize,
+    /// Open loop: the rate sent at (then `concurrency` is unused).
+    offered_per_s: Option<f64>,
     packets: u64,
     rejected: u64,
     errors: u64,
@@ -223,6 +259,10 @@ struct Row {
     max_us: u64,
     /// Connector CPU (all its processes) per packet, divided by hops.
     cpu_us_per_packet_per_hop: Option<f64>,
+    /// System calls of the connector processes per packet, divided by hops (perf).
+    syscalls_per_packet_per_hop: Option<f64>,
+    /// Context switches of the connector processes' threads per packet, divided by hops.
+    ctx_switches_per_packet_per_hop: Option<f64>,
     /// Largest peak RSS among the connector processes.
     peak_rss_mib: Option<f64>,
 }
@@ -275,7 +315,8 @@ fn main() -> ExitCode {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        Cmd::Relay { to } => {
+        Cmd::Relay { to, epoll: true } => relay::run_epoll(to),
+        Cmd::Relay { to, epoll: false } => {
             let r = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                 .spawn(move || async move {
                     let listener = glommio::net::TcpListener::bind("127.0.0.1:0")
@@ -289,6 +330,17 @@ fn main() -> ExitCode {
                 .and_then(|h| h.join().map_err(|e| e.to_string())?);
             r
         }
+        Cmd::Rates {
+            timing,
+            connector,
+            rates,
+            js,
+            json,
+        } => connector_bin(connector).and_then(|bin| {
+            let rows = rates::run(&bin, &timing, &rates, js)?;
+            print_table(&rows);
+            write_json(&json, &rows)
+        }),
         Cmd::Handover {
             timing,
             connector,
@@ -394,12 +446,22 @@ fn measure(
     let placement = sender_core.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
     let pids_owned = pids.to_vec();
     let concurrency = spec.concurrency;
-    let (out, cpu_before) = glommio::LocalExecutorBuilder::new(placement)
+    let offered = spec.rate;
+    let count_syscalls = spec.count_syscalls;
+    let (out, before) = glommio::LocalExecutorBuilder::new(placement)
         .name("ilp-bench-sender")
         .spawn(move || async move {
             let mut before = None;
             let out = load::run(spec, || {
-                before = Some(cpu_of(&pids_owned));
+                before = Some((
+                    cpu_of(&pids_owned),
+                    ctx_of(&pids_owned),
+                    if count_syscalls {
+                        procstat::SyscallCount::start(&pids_owned)
+                    } else {
+                        None
+                    },
+                ));
             })
             .await;
             (out, before)
@@ -407,16 +469,26 @@ fn measure(
         .map_err(|e| e.to_string())?
         .join()
         .map_err(|e| e.to_string())?;
-    let cpu_after = cpu_of(pids);
+    let (cpu_after, ctx_after) = (cpu_of(pids), ctx_of(pids));
+    let (cpu_before, ctx_before, syscalls) = match before {
+        Some((c, x, s)) => (c, x, s.and_then(procstat::SyscallCount::stop)),
+        None => (None, None, None),
+    };
     let out = out?;
     let packets = out.fulfilled;
     let h = &out.latency_us;
-    let cpu = match (cpu_before.flatten(), cpu_after) {
-        (Some(b), Some(a)) if packets > 0 && !pids.is_empty() => {
-            Some((a - b) * 1e6 / packets as f64 / f64::from(hops.max(1)))
-        }
+    let per_packet_hop = |v: f64| -> Option<f64> {
+        (packets > 0 && !pids.is_empty()).then(|| v / packets as f64 / f64::from(hops.max(1)))
+    };
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => per_packet_hop((a - b) * 1e6),
         _ => None,
     };
+    let ctx = match (ctx_before, ctx_after) {
+        (Some(b), Some(a)) => per_packet_hop(a.saturating_sub(b) as f64),
+        _ => None,
+    };
+    let syscalls = syscalls.and_then(|n| per_packet_hop(n as f64));
     let rss = pids
         .iter()
         .filter_map(|p| procstat::peak_rss_kib(*p))
@@ -427,6 +499,7 @@ fn measure(
         hops,
         shards,
         concurrency,
+        offered_per_s: offered,
         packets,
         rejected: out.rejected,
         errors: out.errors,
@@ -437,12 +510,18 @@ fn measure(
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
         cpu_us_per_packet_per_hop: cpu,
+        syscalls_per_packet_per_hop: syscalls,
+        ctx_switches_per_packet_per_hop: ctx,
         peak_rss_mib: rss,
     })
 }
 
 fn cpu_of(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| procstat::cpu_seconds(*p)).sum()
+}
+
+fn ctx_of(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|p| procstat::context_switches(*p)).sum()
 }
 
 /// A child process that prints "<what> port N" first; killed when dropped.
@@ -603,7 +682,7 @@ impl Chain {
 fn scenarios(
     timing: &Timing,
     connector: Option<PathBuf>,
-    json: &PathBuf,
+    json: &Path,
     concurrency: &[usize],
     shards: &[usize],
     node: NodeOptions,
@@ -668,25 +747,26 @@ fn scenarios(
     }
     print_table(&rows);
     print_ratios(&rows);
+    write_json(json, &rows)
+}
+
+fn write_json(json: &Path, rows: &[Row]) -> Result<(), String> {
     if let Some(dir) = json.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(
-        json,
-        serde_json::to_string_pretty(&rows).unwrap_or_default(),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    std::fs::write(json, serde_json::to_string_pretty(rows).unwrap_or_default())
+        .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
     eprintln!("JSON written to {}", json.display());
     Ok(())
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<8} {:>4} {:>6} {:>5} {:>9} {:>11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8}",
+        "{:<10} {:>4} {:>6} {:>7} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>7}",
         "scenario",
         "hops",
         "shards",
-        "conc",
+        "load",
         "packets",
         "packets/s",
         "p50µs",
@@ -695,15 +775,22 @@ fn print_table(rows: &[Row]) {
         "p99.9",
         "maxµs",
         "cpuµs/hop",
+        "sys/hop",
+        "cs/hop",
         "rssMiB"
     );
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     for r in rows {
+        let load = match r.offered_per_s {
+            Some(rate) => format!("{rate:.0}/s"),
+            None => format!("c={}", r.concurrency),
+        };
         println!(
-            "{:<8} {:>4} {:>6} {:>5} {:>9} {:>11.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8}",
+            "{:<10} {:>4} {:>6} {:>7} {:>9} {:>10.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>7}",
             r.scenario,
             r.hops,
             r.shards,
-            r.concurrency,
+            load,
             r.packets,
             r.throughput_per_s,
             r.p50_us,
@@ -711,12 +798,13 @@ fn print_table(rows: &[Row]) {
             r.p99_us,
             r.p999_us,
             r.max_us,
-            r.cpu_us_per_packet_per_hop
-                .map_or("-".into(), |v| format!("{v:.2}")),
-            r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1}")),
+            opt(r.cpu_us_per_packet_per_hop, 2),
+            opt(r.syscalls_per_packet_per_hop, 2),
+            opt(r.ctx_switches_per_packet_per_hop, 3),
+            opt(r.peak_rss_mib, 1),
         );
         if r.rejected + r.errors > 0 {
-            println!("         ({} rejected, {} errors)", r.rejected, r.errors);
+            println!("           ({} rejected, {} errors)", r.rejected, r.errors);
         }
     }
 }

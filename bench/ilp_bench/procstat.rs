@@ -1,4 +1,5 @@
-//! What `/proc` says about a process: CPU time (user + system) and peak RSS.
+//! What `/proc` says about a process (CPU time, context switches, peak RSS), and its system
+//! calls as counted by `perf stat` (the `raw_syscalls:sys_enter` tracepoint) where perf works.
 
 /// Clock ticks per second for `/proc/<pid>/stat` (USER_HZ; 100 on every Linux we run on).
 const TICKS_PER_SEC: f64 = 100.0;
@@ -22,4 +23,78 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Context switches (voluntary + involuntary) of all the process's threads so far.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// A running `perf stat` counting the system calls of some processes.
+pub struct SyscallCount {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl SyscallCount {
+    /// Starts counting (None if there are no pids or perf cannot be run).
+    pub fn start(pids: &[u32]) -> Option<SyscallCount> {
+        if pids.is_empty() {
+            return None;
+        }
+        let out = std::env::temp_dir().join(format!(
+            "ilp-bench-perf-{}-{}.csv",
+            std::process::id(),
+            pids[0]
+        ));
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let child = std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-p",
+                &list.join(","),
+                "-o",
+            ])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf attaches asynchronously; give it a moment so the window is not cut short.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        Some(SyscallCount { child, out })
+    }
+
+    /// Stops counting and returns the count (None if perf failed).
+    pub fn stop(mut self) -> Option<u64> {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        let _ = std::fs::remove_file(&self.out);
+        text.lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
 }

@@ -1,6 +1,10 @@
 //! The relay baseline: a byte-level WebSocket relay with the same framing and no ILP work.
 //! Each accepted WebSocket gets a WebSocket to the target; binary messages are copied both
 //! ways unchanged (batched: several fed, one flush). This is the floor for one hop.
+//!
+//! Two of them, with the same WebSocket code (async-tungstenite) and the same batching:
+//! [`run`] on glommio (io_uring), as the connector runs, and [`run_epoll`] on a current-thread
+//! tokio runtime (epoll): the baseline a user would otherwise pick.
 
 use std::time::Duration;
 
@@ -39,6 +43,56 @@ pub async fn run(listener: glommio::net::TcpListener, target: String) {
         })
         .detach();
     }
+}
+
+/// The same relay on a current-thread tokio runtime (epoll); prints `relay port N` once
+/// listening and runs until the process ends.
+pub fn run_epoll(target: String) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        println!("relay port {port}");
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(inbound) = async_tungstenite::tokio::accept_async(stream).await else {
+                    return;
+                };
+                let Ok(url) = url::Url::parse(&target) else {
+                    return;
+                };
+                let addr = format!(
+                    "{}:{}",
+                    url.host_str().unwrap_or("127.0.0.1"),
+                    url.port().unwrap_or(80)
+                );
+                let Ok(Ok(tcp)) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(addr.as_str()),
+                )
+                .await
+                else {
+                    return;
+                };
+                let _ = tcp.set_nodelay(true);
+                let Ok((outbound, _)) =
+                    async_tungstenite::tokio::client_async(target.as_str(), tcp).await
+                else {
+                    return;
+                };
+                pump(inbound, outbound).await;
+            });
+        }
+        Ok(())
+    })
 }
 
 enum Side<T> {

@@ -40,13 +40,14 @@ account() {
   echo "\"$1\": {\"relation\": \"$2\", \"assetCode\": \"XRP\", \"assetScale\": 9, \"plugin\": \"ilp-plugin-btp\",
     \"rateLimit\": $RATE, \"options\": $3}"
 }
-# js_connector ADDRESS ROUTES ACCOUNT...: the JS connector with these accounts, in the foreground.
+# js_connector ADDRESS ROUTES ACCOUNT...: execs the JS connector with these accounts (run it with
+# `&`: $! is then the connector itself, which the cleanup kills).
 js_connector() {
   local address="$1" routes="$2"; shift 2
   local IFS=,
   CONNECTOR_ILP_ADDRESS="$address" CONNECTOR_BACKEND=one-to-one CONNECTOR_SPREAD=0 \
   CONNECTOR_ROUTES="$routes" CONNECTOR_ACCOUNTS="{$*}" \
-    node bench/js/node_modules/ilp-connector/dist/index.js
+    exec node bench/js/node_modules/ilp-connector/dist/index.js
 }
 
 # JS C: listener for B, dials the fulfiller as its child `receiver`.
