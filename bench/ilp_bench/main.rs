@@ -192,9 +192,10 @@ enum Cmd {
         /// Offered rates, packets per second.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000,100000")]
         rates: Vec<f64>,
-        /// Include the reference JS connector (needs `npm ci` in bench/js).
-        #[arg(long)]
-        js: bool,
+        /// Targets, in order: relay, relay-epoll, 1-hop, js (the reference JS connector; needs
+        /// `npm ci` in bench/js).
+        #[arg(long, value_delimiter = ',', default_value = "relay,relay-epoll,1-hop")]
+        targets: Vec<String>,
         /// Write the results as JSON here.
         #[arg(long, default_value = "target/ilp-bench-rates.json")]
         json: PathBuf,
@@ -334,10 +335,10 @@ fn main() -> ExitCode {
             timing,
             connector,
             rates,
-            js,
+            targets,
             json,
         } => connector_bin(connector).and_then(|bin| {
-            let rows = rates::run(&bin, &timing, &rates, js)?;
+            let rows = rates::run(&bin, &timing, &rates, &targets)?;
             print_table(&rows);
             write_json(&json, &rows)
         }),

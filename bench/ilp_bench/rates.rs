@@ -3,7 +3,7 @@
 //! - `relay`: the byte relay on glommio (io_uring), as the connector runs;
 //! - `relay-epoll`: the same relay on a current-thread tokio runtime (epoll);
 //! - `1-hop`: our connector (one shard) between the sender and the fulfiller;
-//! - `js-1-hop` (with `--js`): the reference JS connector, at the rates it can take.
+//! - `js-1-hop` (target `js`): the reference JS connector, at the rates it can take.
 //!
 //! Every row gives the target's CPU, system calls (`--syscalls`) and context switches per
 //! packet, so what io_uring buys or costs at each rate is a number, not a guess.
@@ -110,23 +110,26 @@ fn js(f: &Fulfiller) -> Result<Target, String> {
 }
 
 /// Runs every target at every rate, then at saturation (c=64); rows in that order.
-pub fn run(bin: &Path, timing: &Timing, rates: &[f64], with_js: bool) -> Result<Vec<Row>, String> {
+pub fn run(
+    bin: &Path,
+    timing: &Timing,
+    rates: &[f64],
+    targets: &[String],
+) -> Result<Vec<Row>, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     // The connectors dial the fulfiller as this user; the relays pass the sender's own auth
     // through to theirs.
     let f = Fulfiller::start("connector-a", "secret-r", Mode::Fulfill);
     let f_relay = Fulfiller::start("sender", "bench-token", Mode::Fulfill);
     let mut rows = Vec::new();
-    let mut starters: Vec<Box<dyn Fn() -> Result<Target, String>>> = vec![
-        Box::new(|| relay(&me, &f_relay, false)),
-        Box::new(|| relay(&me, &f_relay, true)),
-        Box::new(|| ours(bin, &f)),
-    ];
-    if with_js {
-        starters.push(Box::new(|| js(&f)));
-    }
-    for start in &starters {
-        let target = start()?;
+    for name in targets {
+        let target = match name.as_str() {
+            "relay" => relay(&me, &f_relay, false)?,
+            "relay-epoll" => relay(&me, &f_relay, true)?,
+            "1-hop" => ours(bin, &f)?,
+            "js" => js(&f)?,
+            other => return Err(format!("unknown target {other}")),
+        };
         let pids: Vec<u32> = target.procs.iter().map(|p| p.0.id()).collect();
         let loads = rates
             .iter()

@@ -41,8 +41,14 @@ pub enum LinkError {
 /// Largest WebSocket message we accept: the largest legal BTP frame is 42 015 bytes.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
+/// How much tungstenite reads from the socket at once. It zero-fills this much of its read
+/// buffer before every read: its default (128 KiB) cost ~3 µs per read, 6.5 % of the CPU at
+/// 10 000 packets/s; 16 KiB still takes a batch of 64 typical frames in one read.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+
 pub(crate) fn ws_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
     async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
         .max_message_size(Some(MAX_MESSAGE_SIZE))
         .max_frame_size(Some(MAX_MESSAGE_SIZE))
 }
