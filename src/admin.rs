@@ -80,7 +80,12 @@ fn route(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
         (tiny_http::Method::Get, "/metrics") => (
             200,
             "text/plain; version=0.0.4",
-            metrics::render(&shared.metrics, &shared.link_counters, &shared.peers),
+            metrics::render(
+                &shared.metrics,
+                &shared.link_counters,
+                &shared.peers,
+                &shared.identity,
+            ),
         ),
         (tiny_http::Method::Get, "/peers") => peers_json(shared),
         (tiny_http::Method::Post, "/peers") => post_peer(shared, req),

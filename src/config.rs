@@ -47,11 +47,12 @@ pub struct PeerConfig {
     pub url: Option<String>,
     #[serde(default)]
     pub auth_token: Option<String>,
-    /// Asset for ILDCP answers to a child.
-    #[serde(default = "default_asset_code")]
-    pub asset_code: String,
-    #[serde(default = "default_asset_scale")]
-    pub asset_scale: u8,
+    /// Asset for ILDCP answers to a child; unset: our own asset (learned from our parent, or
+    /// XRP with scale 9).
+    #[serde(default)]
+    pub asset_code: Option<String>,
+    #[serde(default)]
+    pub asset_scale: Option<u8>,
     /// Links to keep to a peer we dial: `auto` (one, from the peer's home shard, and one
     /// per shard when the peer's auth answer says it accepts several) or a fixed count.
     #[serde(default)]
@@ -146,13 +147,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn default_asset_code() -> String {
-    "XRP".into()
-}
-fn default_asset_scale() -> u8 {
-    9
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
@@ -165,7 +159,14 @@ pub struct RouteConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
     pub node_id: String,
-    pub ilp_address: String,
+    /// Our ILP address. Optional with a parent: it is then learned from the parent by ILDCP
+    /// (see [`Config::ildcp_parent`]).
+    #[serde(default)]
+    pub ilp_address: Option<String>,
+    /// Without `ilpAddress`, the parent (peer id) to learn our address from by ILDCP; needed
+    /// only when there are several parents.
+    #[serde(default)]
+    pub ildcp_from: Option<String>,
     #[serde(default)]
     pub btp_server_port: u16,
     #[serde(default)]
@@ -322,6 +323,9 @@ impl Config {
         if let Some(v) = get("NODE_ID") {
             self.node_id = v;
         }
+        if let Some(v) = get("ILP_ADDRESS") {
+            self.ilp_address = Some(v);
+        }
         if let Some(v) = get("BTP_SERVER_PORT") {
             self.btp_server_port = v
                 .parse()
@@ -338,12 +342,56 @@ impl Config {
         Ok(())
     }
 
+    /// Without `ilpAddress`: the parent our address is learned from (`ildcpFrom`, else the one
+    /// peer with `relation: parent`); `None` when `ilpAddress` is set.
+    pub fn ildcp_parent(&self) -> Result<Option<&str>, ConfigError> {
+        if self.ilp_address.is_some() {
+            return Ok(None);
+        }
+        let parents: Vec<&PeerConfig> = self
+            .peers
+            .iter()
+            .filter(|p| p.relation == Relation::Parent)
+            .collect();
+        match (&self.ildcp_from, parents.as_slice()) {
+            (Some(id), _) => match parents.iter().find(|p| p.id == *id) {
+                Some(p) => Ok(Some(p.id.as_str())),
+                None => Err(invalid(
+                    "ildcpFrom",
+                    format!("{id:?} is not a peer with relation: parent"),
+                )),
+            },
+            (None, [only]) => Ok(Some(only.id.as_str())),
+            (None, []) => Err(invalid(
+                "ilpAddress",
+                "missing: set it, or add a peer with relation: parent to learn it from (ILDCP)",
+            )),
+            (None, _) => Err(invalid(
+                "ilpAddress",
+                "missing and there are several parents: set ildcpFrom to the one to learn it from",
+            )),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.is_empty() {
             return Err(invalid("nodeId", "must not be empty"));
         }
-        Address::new(self.ilp_address.clone())
-            .map_err(|e| invalid("ilpAddress", format!("{:?}: {e}", self.ilp_address)))?;
+        match &self.ilp_address {
+            Some(a) => {
+                Address::new(a.clone())
+                    .map_err(|e| invalid("ilpAddress", format!("{a:?}: {e}")))?;
+                if self.ildcp_from.is_some() {
+                    return Err(invalid(
+                        "ildcpFrom",
+                        "only used without ilpAddress (the address is then learned from that parent)",
+                    ));
+                }
+            }
+            None => {
+                self.ildcp_parent()?;
+            }
+        }
         if !matches!(
             self.log_level.as_str(),
             "trace" | "debug" | "info" | "warn" | "error"
@@ -474,6 +522,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ilpAddress"), "{e}");
+    }
+
+    #[test]
+    fn address_from_the_parent() {
+        let up =
+            |id: &str| format!("  - {{id: {id}, relation: parent, url: \"ws://127.0.0.1:1\"}}\n");
+        let kid = "  - {id: kid, relation: child, authToken: t}\n";
+        // One parent: the address comes from it.
+        let c = Config::from_yaml(&format!("nodeId: n\npeers:\n{}{kid}", up("b"))).unwrap();
+        assert_eq!(c.ildcp_parent().unwrap(), Some("b"));
+        // No parent: refused, in one line that says what to do.
+        let e = Config::from_yaml(&format!("nodeId: n\npeers:\n{kid}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ilpAddress") && e.contains("parent") && !e.contains('\n'),
+            "{e}"
+        );
+        // Several parents: ildcpFrom chooses; without it, refused.
+        let two = format!("nodeId: n\npeers:\n{}{}", up("b"), up("x"));
+        let e = Config::from_yaml(&two).unwrap_err().to_string();
+        assert!(e.contains("ildcpFrom"), "{e}");
+        let c = Config::from_yaml(&format!("{two}ildcpFrom: x\n")).unwrap();
+        assert_eq!(c.ildcp_parent().unwrap(), Some("x"));
+        let e = Config::from_yaml(&format!("{two}ildcpFrom: kid\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a peer with relation: parent"), "{e}");
+        // ildcpFrom next to an address is a mistake.
+        let e = Config::from_yaml(&format!(
+            "nodeId: n\nilpAddress: test.n\nildcpFrom: b\npeers:\n{}",
+            up("b")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ildcpFrom"), "{e}");
+        // A configured address needs no parent.
+        let c =
+            Config::from_yaml(&format!("nodeId: n\nilpAddress: test.n\npeers:\n{kid}")).unwrap();
+        assert_eq!(c.ildcp_parent().unwrap(), None);
     }
 
     #[test]

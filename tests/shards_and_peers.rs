@@ -184,8 +184,8 @@ fn peers_added_and_removed_at_runtime() {
         relation: Relation::Child,
         url: None,
         auth_token: Some("secret-g".into()),
-        asset_code: "XRP".into(),
-        asset_scale: 9,
+        asset_code: None,
+        asset_scale: None,
         links: Default::default(),
     })
     .unwrap();

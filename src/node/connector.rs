@@ -20,6 +20,7 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 
+use super::identity::{Identity, Learned, Own, DEFAULT_ASSET_CODE, DEFAULT_ASSET_SCALE};
 use super::metrics::ShardMetrics;
 use super::peers::{PeerEntry, PeerError, Peers};
 use super::shard::{Handoff, Shard};
@@ -30,7 +31,8 @@ use crate::routing::RoutingTable;
 
 pub struct NodeShared {
     pub config: Config,
-    pub address: Address,
+    /// Our address and asset (configured, or learned from the parent).
+    pub identity: Identity,
     pub routing: RoutingTable,
     pub peers: Peers,
     pub metrics: Vec<Arc<ShardMetrics>>,
@@ -60,6 +62,13 @@ pub struct Health {
     pub status: &'static str,
     pub connected_peers: usize,
     pub uptime_ms: u64,
+    /// Our address, once known (configured, or learned from the parent).
+    pub address: Option<String>,
+    pub asset_code: Option<String>,
+    pub asset_scale: Option<u8>,
+    /// The parent's latest answer, when it differs from the address we kept (restart to take it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_mismatch: Option<String>,
     pub peers: std::collections::BTreeMap<String, bool>,
 }
 
@@ -78,29 +87,45 @@ impl ConnectorNode {
         config
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let address = Address::new(config.ilp_address.clone())
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let parent = config
+            .ildcp_parent()
+            .map_err(|e| StartError::Config(e.to_string()))?
+            .map(str::to_owned);
+        let identity = match (&config.ilp_address, &parent) {
+            (Some(a), _) => Identity::configured(Own {
+                address: Address::new(a.clone()).map_err(|e| StartError::Config(e.to_string()))?,
+                asset_code: DEFAULT_ASSET_CODE.into(),
+                asset_scale: DEFAULT_ASSET_SCALE,
+            }),
+            (None, Some(p)) => Identity::from_parent(p),
+            (None, None) => return Err(StartError::Config("ilpAddress missing".into())),
+        };
         let routing = RoutingTable::new();
         let mut routes: Vec<(String, String)> = config
             .routes
             .iter()
             .map(|r| (r.prefix.clone(), r.next_hop.clone()))
             .collect();
-        // Children get `<our address>.<child id>` without a configured route.
-        for p in config
-            .peers
-            .iter()
-            .filter(|p| p.relation == Relation::Child)
-        {
-            let prefix = format!("{}.{}", address, p.id);
-            if !routes.iter().any(|(pre, _)| *pre == prefix) {
-                routes.push((prefix, p.id.clone()));
+        // Children get `<our address>.<child id>` without a configured route (once we know
+        // our address: see `learned`).
+        if let Some(address) = identity.address() {
+            for p in config
+                .peers
+                .iter()
+                .filter(|p| p.relation == Relation::Child)
+            {
+                let prefix = format!("{}.{}", address, p.id);
+                if !routes.iter().any(|(pre, _)| *pre == prefix) {
+                    routes.push((prefix, p.id.clone()));
+                }
             }
         }
+        // The parent we learn our address from is the default route unless one is given.
+        let default_route = config.default_route.as_deref().or(parent.as_deref());
         routing
             .replace_all(
                 routes.iter().map(|(p, h)| (p.as_str(), h.as_str())),
-                config.default_route.as_deref(),
+                default_route,
             )
             .map_err(|e| StartError::Config(e.to_string()))?;
         let n = config.shard_count();
@@ -108,14 +133,15 @@ impl ConnectorNode {
             peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
             link_counters: Arc::default(),
-            address,
+            identity,
             routing,
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             config,
         });
-        tracing::info!(nodeId = %shared.config.node_id, component = "connector", event = "connector_starting", shards = n, address = %shared.address);
+        tracing::info!(nodeId = %shared.config.node_id, component = "connector", event = "connector_starting", shards = n,
+            address = shared.identity.address().map_or("(from the parent, by ILDCP)", Address::as_str));
 
         let placement = match &shared.config.cores {
             Some(cores) => PoolPlacement::Custom(
@@ -377,8 +403,9 @@ const PEER_CHANGE_BOUND: Duration = Duration::from_secs(1);
 /// gets the route `<our address>.<id>`.
 pub(crate) fn add_peer(shared: &NodeShared, peer: PeerConfig) -> Result<(), PeerError> {
     let entry = shared.peers.add(peer)?;
-    if entry.config.relation == Relation::Child {
-        let prefix = format!("{}.{}", shared.address, entry.id());
+    // Without our address yet, the route is added when it is learned.
+    if let (Relation::Child, Some(address)) = (entry.config.relation, shared.identity.address()) {
+        let prefix = format!("{}.{}", address, entry.id());
         if let Err(e) = shared.routing.add(&prefix, entry.id()) {
             let _ = shared.peers.remove(entry.id());
             return Err(PeerError::Invalid(crate::config::ConfigError::Invalid {
@@ -407,6 +434,33 @@ fn log_peer_change(shared: &NodeShared, entry: &PeerEntry, event: &str) {
         relation = ?entry.config.relation, url = ?entry.config.url.as_deref().map(crate::config::redact_url));
 }
 
+/// Takes the parent's ILDCP answer: the first gives us our address (and our children their
+/// routes); a later different one is logged loudly and kept aside (see `identity`).
+pub(crate) fn learned(shared: &NodeShared, answer: Own) {
+    let node = &shared.config.node_id;
+    match shared.identity.learn(answer.clone()) {
+        Learned::First => {
+            tracing::info!(nodeId = %node, component = "connector", event = "ildcp_address_learned",
+                address = %answer.address, assetCode = %answer.asset_code, assetScale = answer.asset_scale,
+                parent = shared.identity.parent().unwrap_or(""));
+            for p in shared.peers.list() {
+                if p.config.relation == Relation::Child {
+                    let prefix = format!("{}.{}", answer.address, p.id());
+                    if let Err(e) = shared.routing.add(&prefix, p.id()) {
+                        tracing::warn!(nodeId = %node, component = "connector", event = "child_route_refused", peer = %p.id(), error = %e);
+                    }
+                }
+            }
+        }
+        Learned::Same => {}
+        Learned::Different => {
+            tracing::error!(nodeId = %node, component = "connector", event = "ildcp_address_changed",
+                kept = %shared.identity.address().map_or("", Address::as_str), offered = %answer.address,
+                "the parent now assigns a different address; keeping ours until restart");
+        }
+    }
+}
+
 pub(crate) fn health(shared: &NodeShared) -> Health {
     let peers: std::collections::BTreeMap<String, bool> = shared
         .peers
@@ -415,8 +469,11 @@ pub(crate) fn health(shared: &NodeShared) -> Health {
         .map(|p| (p.id().to_owned(), p.link_count() > 0))
         .collect();
     let connected_peers = peers.values().filter(|c| **c).count();
+    let own = shared.identity.get();
     let status = if shared.stopping.load(Ordering::Relaxed) {
         "stopping"
+    } else if own.is_none() {
+        "starting"
     } else if shared.ready.load(Ordering::Relaxed) {
         "ready"
     } else {
@@ -441,6 +498,10 @@ pub(crate) fn health(shared: &NodeShared) -> Health {
         status,
         connected_peers,
         uptime_ms: shared.started.elapsed().as_millis() as u64,
+        address: own.map(|o| o.address.to_string()),
+        asset_code: own.map(|o| o.asset_code.clone()),
+        asset_scale: own.map(|o| o.asset_scale),
+        address_mismatch: shared.identity.mismatch().map(|m| m.address.to_string()),
         peers,
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use super::identity::Identity;
 use super::peers::Peers;
 use crate::btp::link::LinkCounters;
 use crate::codec::ErrorCode;
@@ -66,8 +67,23 @@ impl ShardMetrics {
 }
 
 /// Renders the Prometheus text exposition for all shards.
-pub fn render(shards: &[Arc<ShardMetrics>], links: &LinkCounters, peers: &Peers) -> String {
+pub fn render(
+    shards: &[Arc<ShardMetrics>],
+    links: &LinkCounters,
+    peers: &Peers,
+    identity: &Identity,
+) -> String {
     let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# HELP ilp_address_known 1 once the node has its ILP address (configured, or learned from the parent).\n# TYPE ilp_address_known gauge\nilp_address_known {}",
+        u8::from(identity.address().is_some())
+    );
+    let _ = writeln!(
+        s,
+        "# HELP ilp_ildcp_address_mismatch 1 when the parent now assigns an address other than the one kept until restart.\n# TYPE ilp_ildcp_address_mismatch gauge\nilp_ildcp_address_mismatch {}",
+        u8::from(identity.mismatch().is_some())
+    );
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|m| f(m)).sum::<u64>();
     s.push_str("# HELP ilp_packets_total Prepares answered, by outcome and code.\n");
     s.push_str("# TYPE ilp_packets_total counter\n");

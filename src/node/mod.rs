@@ -1,9 +1,11 @@
 //! The connector: forwarding rules ([`rules`], sans-IO), the peer manager ([`peers`]), the
 //! per-shard runtime ([`shard`]: peer links, packet handling, hand-over between shards),
-//! metrics ([`metrics`]) and the node's lifecycle ([`connector`]: start, stop, health,
+//! metrics ([`metrics`]), our own address and asset ([`identity`], configured or learned from
+//! the parent by ILDCP) and the node's lifecycle ([`connector`]: start, stop, health,
 //! runtime add/remove of peers).
 
 pub mod connector;
+pub mod identity;
 pub mod metrics;
 pub mod peers;
 pub mod rules;

@@ -231,8 +231,8 @@ mod tests {
             relation: Relation::Peer,
             url: None,
             auth_token: Some("t".into()),
-            asset_code: "XRP".into(),
-            asset_scale: 9,
+            asset_code: None,
+            asset_scale: None,
             links: Default::default(),
         }
     }

@@ -276,6 +276,9 @@ impl Shard {
         })
         .detach();
         glommio::spawn_local(self.clone().watch_peers()).detach();
+        if let Some(parent) = self.node.identity.parent() {
+            glommio::spawn_local(self.clone().ask_parent(parent.to_owned())).detach();
+        }
         if let Some(mut receivers) = handed {
             for (_, rx) in receivers.streams() {
                 let me = self.clone();
@@ -508,6 +511,44 @@ impl Shard {
         }
     }
 
+    /// Asks the parent for our address (ILDCP) on every new link this shard has to it: the
+    /// first answer gives the node its address; later ones are checked against it (see
+    /// `connector::learned`). Failed asks are retried with the reconnect backoff.
+    async fn ask_parent(self: Rc<Self>, parent: String) {
+        let backoff = self.node.config.reconnect_backoff_ms.clone();
+        let mut failures = 0usize;
+        let mut asked: Option<u64> = None;
+        while !self.stopping() {
+            let link = self.pick_link(&parent).filter(|l| asked != Some(l.id()));
+            let Some(link) = link else {
+                // Often while we have no address (a parent that comes up is used within
+                // 50 ms), rarely after.
+                let every = if self.node.identity.get().is_none() {
+                    50
+                } else {
+                    500
+                };
+                glommio::timer::sleep(Duration::from_millis(every)).await;
+                continue;
+            };
+            let bound = Duration::from_millis(self.node.config.send_timeout_ms);
+            match super::identity::ask(&link, bound).await {
+                Ok(own) => {
+                    asked = Some(link.id());
+                    failures = 0;
+                    super::connector::learned(&self.node, own);
+                }
+                Err(e) => {
+                    let wait = backoff[failures.min(backoff.len() - 1)];
+                    failures += 1;
+                    tracing::warn!(nodeId = %self.node.config.node_id, component = "connector", event = "ildcp_failed",
+                        parent = %parent, error = %e, retry_in_ms = wait);
+                    glommio::timer::sleep(Duration::from_millis(wait)).await;
+                }
+            }
+        }
+    }
+
     fn pick_link(&self, peer: &str) -> Option<Link> {
         let links = self.links.borrow();
         links
@@ -594,6 +635,11 @@ impl Shard {
                 ErrorCode::T03_CONNECTOR_BUSY,
                 "connector is shutting down",
             ))
+        } else if self.node.identity.get().is_none() {
+            self.refuse(Refusal::new(
+                ErrorCode::T01_PEER_UNREACHABLE,
+                "connector is starting: its address is not known yet (asking the parent)",
+            ))
         } else if self.metrics.in_flight() > cfg.max_in_flight_per_shard as i64 {
             self.refuse(Refusal::new(
                 ErrorCode::T03_CONNECTOR_BUSY,
@@ -629,7 +675,7 @@ impl Shard {
 
     fn refuse(&self, r: Refusal) -> Answer {
         Answer {
-            ilp: r.encode(self.node.address.as_bytes()),
+            ilp: r.encode(self.node.identity.triggered_by()),
             reject: Some(r.code),
         }
     }
@@ -674,13 +720,21 @@ impl Shard {
         let (next_hop, expires_at) = match decision {
             Decision::Refuse(r) => return self.refuse(r),
             Decision::Ildcp => {
+                // Known: `handle_message` answers nothing else until it is.
+                let Some(own) = node.identity.get() else {
+                    return self.refuse(Refusal::new(
+                        ErrorCode::T01_PEER_UNREACHABLE,
+                        "our address is not known yet",
+                    ));
+                };
                 let p = node.peers.get(source);
                 let p = p.as_ref().map(|p| &p.config);
                 return Answer {
                     ilp: rules::ildcp_fulfill(
-                        &format!("{}.{source}", node.address),
-                        p.map_or(9, |p| p.asset_scale),
-                        p.map_or("XRP", |p| p.asset_code.as_str()),
+                        &format!("{}.{source}", own.address),
+                        p.and_then(|p| p.asset_scale).unwrap_or(own.asset_scale),
+                        p.and_then(|p| p.asset_code.as_deref())
+                            .unwrap_or(&own.asset_code),
                     ),
                     reject: None,
                 };
