@@ -2,6 +2,7 @@
 //! - `GET /health`: 200 when ready, else 503, JSON;
 //! - `GET /metrics`: Prometheus text;
 //! - `GET /peers`: every peer with its relation and live links per shard (no secrets);
+//! - `GET /routes`: the routing table (`prefix`, `nextHop`; the default route has prefix `""`);
 //! - `POST /peers` with a JSON peer (the YAML peer keys: `id`, `relation`, `url`, `authToken`,
 //!   …): adds it at runtime (201; 409 if it exists, 400 if invalid);
 //! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown).
@@ -49,6 +50,23 @@ fn peers_json(shared: &NodeShared) -> Reply {
     )
 }
 
+fn routes_json(shared: &NodeShared) -> Reply {
+    let trie = shared.routing.snapshot();
+    let mut list: Vec<serde_json::Value> = trie
+        .routes()
+        .iter()
+        .map(|r| serde_json::json!({ "prefix": r.prefix(), "nextHop": r.next_hop() }))
+        .collect();
+    if let Some(d) = trie.default_route() {
+        list.push(serde_json::json!({ "prefix": "", "nextHop": d.next_hop() }));
+    }
+    (
+        200,
+        "application/json",
+        serde_json::Value::from(list).to_string(),
+    )
+}
+
 fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
     let mut body = String::new();
     if let Err(e) = req.as_reader().take(MAX_BODY).read_to_string(&mut body) {
@@ -88,6 +106,7 @@ fn route(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
             ),
         ),
         (tiny_http::Method::Get, "/peers") => peers_json(shared),
+        (tiny_http::Method::Get, "/routes") => routes_json(shared),
         (tiny_http::Method::Post, "/peers") => post_peer(shared, req),
         (tiny_http::Method::Delete, path) if path.starts_with("/peers/") => {
             match remove_peer(shared, &path["/peers/".len()..]) {

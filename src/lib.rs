@@ -9,3 +9,4 @@ pub mod logging;
 pub mod node;
 pub mod routing;
 pub mod testkit;
+pub mod tools;

@@ -1,4 +1,5 @@
-//! The `ilp-connector` command line: `run`, `check-config`, `demo`, `decode`.
+//! The `ilp-connector` command line: `run`, `check-config`, `demo`, `decode`, and the operator's
+//! tools (`send`, `receive`, `peers`, `routes`, `health`; see `ilp_connector::tools`).
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use ilp_connector::codec::{BtpPacket, Packet};
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::{ConnectorNode, StartError};
 use ilp_connector::testkit::{run_local, Mode, ThreeNodes};
+use ilp_connector::tools;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +41,68 @@ enum Command {
     },
     /// Decode a hex-encoded ILP packet or BTP frame and print its fields.
     Decode { hex: String },
+    /// Send Prepares through a node as its child; exit 0 only if every one is fulfilled.
+    Send {
+        /// The node and our account on it: btp+ws://USER:TOKEN@HOST:PORT
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        destination: String,
+        #[arg(long, default_value_t = 1)]
+        amount: u64,
+        /// How many Prepares (more than one prints a summary instead of the answer).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Prepares in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 30_000)]
+        expiry_ms: i64,
+        /// Bytes of data in each Prepare (at least 8: the sequence number).
+        #[arg(long, default_value_t = 32)]
+        data_size: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fulfil Prepares (fulfilment sha256(data); destination hooks reject-XXX, delay-MS), as a
+    /// child dialling a node (--url) or as a peer a node dials (--listen).
+    Receive {
+        /// Dial this node as a child: btp+ws://USER:TOKEN@HOST:PORT
+        #[arg(long, conflicts_with = "listen", required_unless_present = "listen")]
+        url: Option<String>,
+        /// With --url: ask the node for our address (ILDCP) and print it.
+        #[arg(long, requires = "url")]
+        address_from_ildcp: bool,
+        /// Listen on 127.0.0.1:PORT (0: any free port) for a node that dials us.
+        #[arg(long, requires_all = ["user", "token"])]
+        listen: Option<u16>,
+        /// With --listen: the account the node authenticates as (its nodeId unless its url names one).
+        #[arg(long)]
+        user: Option<String>,
+        /// With --listen: the token it must present.
+        #[arg(long)]
+        token: Option<String>,
+        /// Log every packet (DEBUG).
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// A node's peers, from its admin port.
+    Peers(AdminArgs),
+    /// A node's routing table, from its admin port.
+    Routes(AdminArgs),
+    /// A node's health, from its admin port (exit 1 unless ready).
+    Health(AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The node's admin port (ADMIN_TOKEN, if set, is sent as a bearer token).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +121,65 @@ fn main() -> ExitCode {
         },
         Command::Demo { packets } => demo(packets),
         Command::Decode { hex } => decode(&hex),
+        Command::Send {
+            url,
+            destination,
+            amount,
+            count,
+            concurrency,
+            expiry_ms,
+            data_size,
+            json,
+        } => ExitCode::from(tools::send::run(tools::send::Send {
+            url,
+            destination,
+            amount,
+            count,
+            concurrency,
+            expiry_ms,
+            data_size,
+            json,
+        })),
+        Command::Receive {
+            url,
+            address_from_ildcp,
+            listen,
+            user,
+            token,
+            verbose,
+        } => {
+            let _logs =
+                ilp_connector::logging::init(if verbose { "debug" } else { "warn" }, cli.human);
+            let args = match (url, listen, user, token) {
+                (Some(url), _, _, _) => tools::receive::Receive::Dial {
+                    url,
+                    address_from_ildcp,
+                },
+                (None, Some(port), Some(user), Some(token)) => {
+                    tools::receive::Receive::Listen { port, user, token }
+                }
+                _ => {
+                    eprintln!("error: give --url, or --listen with --user and --token");
+                    return ExitCode::from(2);
+                }
+            };
+            ExitCode::from(tools::receive::run(args))
+        }
+        Command::Peers(a) => ExitCode::from(tools::admin::run(
+            tools::admin::View::Peers,
+            &a.admin,
+            a.json,
+        )),
+        Command::Routes(a) => ExitCode::from(tools::admin::run(
+            tools::admin::View::Routes,
+            &a.admin,
+            a.json,
+        )),
+        Command::Health(a) => ExitCode::from(tools::admin::run(
+            tools::admin::View::Health,
+            &a.admin,
+            a.json,
+        )),
     }
 }
 

@@ -3,7 +3,10 @@
 //! that sends Prepares) and [`ThreeNodes`] (the A → B → C network of the demo and tests).
 //!
 //! Test protocol: the fulfillment for a Prepare is `sha256(data)`, so a sender uses
-//! [`condition_for`]`(data)` = `sha256(sha256(data))`.
+//! [`condition_for`]`(data)` = `sha256(sha256(data))`. Hooks in the destination test error
+//! paths ([`hooks`]): a segment `reject-XXX` is answered with a Reject of code XXX, and
+//! `delay-MS` delays the answer by MS milliseconds (at most a minute). `ilp-connector receive`
+//! answers the same way.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +164,68 @@ impl Drop for Fulfiller {
     }
 }
 
+/// What the destination's hooks ask for (see the module doc).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    pub reject: Option<ErrorCode>,
+    pub delay: Option<Duration>,
+}
+
+/// The hooks in `destination` (the last of each kind wins; malformed ones are ignored).
+pub fn hooks(destination: &[u8]) -> Hooks {
+    let mut h = Hooks::default();
+    for seg in destination.split(|b| *b == b'.') {
+        if let Some(code) = seg.strip_prefix(b"reject-") {
+            if let Ok(c) = <[u8; 3]>::try_from(code) {
+                h.reject = Some(ErrorCode(c));
+            }
+        } else if let Some(ms) = seg.strip_prefix(b"delay-") {
+            if let Some(ms) = std::str::from_utf8(ms)
+                .ok()
+                .and_then(|m| m.parse::<u64>().ok())
+            {
+                h.delay = Some(Duration::from_millis(ms.min(60_000)));
+            }
+        }
+    }
+    h
+}
+
+/// The answer of a receiver that knows the test protocol: the hooks' Reject, else the Fulfill
+/// with `sha256(data)`, if that fulfils the Prepare's condition (or `check_condition` is off),
+/// else F05. `triggered_by` names the receiver in its Rejects.
+pub fn receiver_answer(prepare: &Prepare, triggered_by: &[u8], check_condition: bool) -> BytesMut {
+    let mut ilp = BytesMut::new();
+    let reject = |code: ErrorCode, message: &[u8], ilp: &mut BytesMut| {
+        RejectFields {
+            code,
+            triggered_by,
+            message,
+            data: b"",
+        }
+        .encode(ilp)
+    };
+    if let Some(code) = hooks(prepare.destination()).reject {
+        reject(code, b"rejected as the destination asked", &mut ilp);
+        return ilp;
+    }
+    let f: [u8; 32] = Sha256::digest(prepare.data()).into();
+    if check_condition && Sha256::digest(f).as_slice() != prepare.execution_condition() {
+        reject(
+            ErrorCode::F05_WRONG_CONDITION,
+            b"cannot fulfil: the condition is not sha256(sha256(data))",
+            &mut ilp,
+        );
+        return ilp;
+    }
+    FulfillFields {
+        fulfillment: &f,
+        data: b"",
+    }
+    .encode(&mut ilp);
+    ilp
+}
+
 fn answer_handler(mode: Mode) -> IncomingHandler {
     Rc::new(move |link: Link, packet: crate::codec::BtpPacket| {
         if mode == Mode::Silent {
@@ -169,42 +234,49 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
         let Some(Ok(prepare)) = packet.ilp().map(Prepare::decode) else {
             return;
         };
-        let mut ilp = BytesMut::new();
-        match mode {
-            Mode::Fulfill | Mode::WrongFulfillment | Mode::Stalls => {
+        let ilp = match mode {
+            Mode::Fulfill | Mode::Stalls => receiver_answer(&prepare, b"test.fulfiller", false),
+            Mode::WrongFulfillment => {
                 let mut f: [u8; 32] = Sha256::digest(prepare.data()).into();
-                if mode == Mode::WrongFulfillment {
-                    f[0] ^= 1;
-                }
+                f[0] ^= 1;
+                let mut ilp = BytesMut::new();
                 FulfillFields {
                     fulfillment: &f,
                     data: b"",
                 }
                 .encode(&mut ilp);
+                ilp
             }
-            _ => RejectFields {
-                code: ErrorCode::F99_APPLICATION_ERROR,
-                triggered_by: b"test.fulfiller",
-                message: b"rejected by the test fulfiller",
-                data: b"",
+            _ => {
+                let mut ilp = BytesMut::new();
+                RejectFields {
+                    code: ErrorCode::F99_APPLICATION_ERROR,
+                    triggered_by: b"test.fulfiller",
+                    message: b"rejected by the test fulfiller",
+                    data: b"",
+                }
+                .encode(&mut ilp);
+                ilp
             }
-            .encode(&mut ilp),
-        }
+        };
         let mut frame = BytesMut::new();
         btp::encode_ilp(&mut frame, BtpType::Response, packet.request_id(), &ilp);
         let frame = frame.freeze();
+        let mut wait = hooks(prepare.destination()).delay.unwrap_or_default();
         let now_ms = Timestamp::now().unix_millis() as u128;
         let phase = (now_ms % STALL_PERIOD.as_millis()) as u64;
         let stall_ms = STALL_LENGTH.as_millis() as u64;
         if mode == Mode::Stalls && phase < stall_ms {
-            let wait = Duration::from_millis(stall_ms - phase);
+            wait = wait.max(Duration::from_millis(stall_ms - phase));
+        }
+        if wait.is_zero() {
+            let _ = link.send(frame);
+        } else {
             glommio::spawn_local(async move {
                 glommio::timer::sleep(wait).await;
                 let _ = link.send(frame);
             })
             .detach();
-        } else {
-            let _ = link.send(frame);
         }
     })
 }
