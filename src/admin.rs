@@ -1,4 +1,10 @@
-//! The admin HTTP port (tiny_http, on its own thread, off the shards), bound to 127.0.0.1:
+//! The admin HTTP port (tiny_http, on its own thread, off the shards), bound to `adminHost`
+//! (default 127.0.0.1). `/health` and `/metrics` are open; every other endpoint needs
+//! `Authorization: Bearer <adminToken>` (compared in constant time). Without an admin token,
+//! writes get 403 (so a web page in a browser on the host cannot add a peer), and the other
+//! reads are served only on a loopback `adminHost`. Writes also need
+//! `Content-Type: application/json` (a browser cannot send that cross-site without a
+//! preflight we never answer).
 //! - `GET /health`: 200 when ready, else 503, JSON;
 //! - `GET /metrics`: Prometheus text;
 //! - `GET /peers`: every peer with its relation and live links per shard (no secrets);
@@ -13,6 +19,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use std::io::Read;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::PeerConfig;
 use crate::node::connector::{add_peer, health, remove_peer, NodeShared};
@@ -72,10 +81,13 @@ fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
     if let Err(e) = req.as_reader().take(MAX_BODY).read_to_string(&mut body) {
         return json_error(400, format!("cannot read body: {e}"));
     }
-    let peer: PeerConfig = match serde_json::from_str(&body) {
+    let mut peer: PeerConfig = match serde_json::from_str(&body) {
         Ok(p) => p,
         Err(e) => return json_error(400, format!("invalid peer: {e}")),
     };
+    if let Err(e) = peer.read_token_file("peer") {
+        return json_error(400, e);
+    }
     match add_peer(shared, peer) {
         Ok(()) => (201, "application/json", "{}".into()),
         Err(e @ PeerError::Exists(_)) => json_error(409, e),
@@ -83,7 +95,65 @@ fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
     }
 }
 
-fn route(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
+/// Whether the request may go on; the refusal otherwise.
+fn authorize(shared: &NodeShared, req: &tiny_http::Request, loopback: bool) -> Result<(), Reply> {
+    let open = matches!(req.url(), "/health" | "/metrics")
+        && matches!(req.method(), tiny_http::Method::Get);
+    if open {
+        return Ok(());
+    }
+    let write = !matches!(
+        req.method(),
+        tiny_http::Method::Get | tiny_http::Method::Head
+    );
+    let header = |name: &str| {
+        req.headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str().to_owned())
+    };
+    match &shared.config.admin_token {
+        None if write => {
+            return Err(json_error(
+                403,
+                "no adminToken is configured, so the admin port is read-only",
+            ))
+        }
+        None if !loopback => {
+            return Err(json_error(
+                403,
+                "no adminToken is configured: only /health and /metrics are served off loopback",
+            ))
+        }
+        None => {}
+        Some(token) => {
+            let given = header("Authorization")
+                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
+                .unwrap_or_default();
+            let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            let b: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if !bool::from(a.ct_eq(&b)) {
+                return Err(json_error(401, "missing or wrong bearer token"));
+            }
+        }
+    }
+    if write && matches!(req.method(), tiny_http::Method::Post) {
+        let json = header("Content-Type").is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return Err(json_error(415, "Content-Type must be application/json"));
+        }
+    }
+    Ok(())
+}
+
+fn route(shared: &NodeShared, req: &mut tiny_http::Request, loopback: bool) -> Reply {
+    if let Err(refused) = authorize(shared, req, loopback) {
+        return refused;
+    }
     let url = req.url().to_owned();
     match (req.method(), url.as_str()) {
         (tiny_http::Method::Get, "/health") => {
@@ -126,7 +196,12 @@ pub struct AdminServer {
 
 impl AdminServer {
     pub(crate) fn start(port: u16, shared: Arc<NodeShared>) -> Result<AdminServer, String> {
-        let server = tiny_http::Server::http(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        let host = shared.config.admin_host.as_deref().unwrap_or("127.0.0.1");
+        let server = tiny_http::Server::http((host, port)).map_err(|e| e.to_string())?;
+        let loopback = server
+            .server_addr()
+            .to_ip()
+            .is_some_and(|a| a.ip().is_loopback());
         let port = server.server_addr().to_ip().map_or(port, |a| a.port());
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -137,7 +212,7 @@ impl AdminServer {
                     let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let (status, ctype, body) = route(&shared, &mut req);
+                    let (status, ctype, body) = route(&shared, &mut req, loopback);
                     let header =
                         tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
                     let mut resp = tiny_http::Response::from_string(body).with_status_code(status);

@@ -47,6 +47,10 @@ pub struct PeerConfig {
     pub url: Option<String>,
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// A file holding the token (systemd credentials, Kubernetes secrets); read at load, one
+    /// trailing newline dropped. Replaces `authToken`; the env variable replaces both.
+    #[serde(default)]
+    pub auth_token_file: Option<String>,
     /// Asset for ILDCP answers to a child; unset: our own asset (learned from our parent, or
     /// XRP with scale 9).
     #[serde(default)]
@@ -101,6 +105,14 @@ impl std::fmt::Debug for PeerConfig {
 }
 
 impl PeerConfig {
+    /// Reads `authTokenFile` into `authToken`.
+    pub fn read_token_file(&mut self, key: &str) -> Result<(), ConfigError> {
+        if let Some(path) = &self.auth_token_file {
+            self.auth_token = Some(read_secret_file(path, &format!("{key}.authTokenFile"))?);
+        }
+        Ok(())
+    }
+
     /// Checks one peer on its own (a peer added at runtime gets the same checks as config).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_as("peer")
@@ -118,15 +130,39 @@ impl PeerConfig {
                 format!("{:?} must be a non-empty address segment", self.id),
             ));
         }
-        if let Some(url) = &self.url {
-            crate::btp::client::parse_url(url).map_err(|e| invalid(format!("{key}.url"), e))?;
-        } else if self.auth_token.is_none() {
+        let url_token = match &self.url {
+            Some(url) => {
+                crate::btp::client::parse_url(url)
+                    .map_err(|e| invalid(format!("{key}.url"), e))?
+                    .token
+            }
+            None => None,
+        };
+        // Every link is authenticated by a token: an empty one (an unset variable in a
+        // compose file) would let anyone in, or log us in nowhere.
+        let blank = |t: &Option<String>| t.as_deref().is_none_or(|t| t.trim().is_empty());
+        if self.auth_token.is_some() && blank(&self.auth_token) {
             return Err(invalid(
                 format!("{key}.authToken"),
                 format!(
-                    "peer {:?} dials us, so it needs a token (or env {})",
+                    "the token of peer {:?} is empty (from the config, env {} or authTokenFile)",
                     self.id,
                     secret_env_name(&self.id)
+                ),
+            ));
+        }
+        if blank(&self.auth_token) && blank(&url_token) {
+            return Err(invalid(
+                format!("{key}.authToken"),
+                format!(
+                    "peer {:?} needs a token: authToken, authTokenFile, env {}{}",
+                    self.id,
+                    secret_env_name(&self.id),
+                    if self.url.is_some() {
+                        " or the url's password"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -134,15 +170,27 @@ impl PeerConfig {
     }
 }
 
-/// A URL with any password replaced, for logs.
+/// A secret from a file (systemd credentials, Kubernetes secrets), one trailing newline
+/// dropped; emptiness is checked with the other secrets.
+fn read_secret_file(path: &str, key: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {path}: {e}")))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(secret.strip_suffix('\r').unwrap_or(secret).to_owned())
+}
+
+/// A URL with its whole userinfo (user and password) replaced, for logs, errors and the admin
+/// port. The userinfo runs to the *last* `@` after the scheme: a password may itself contain
+/// `@` or `:` (redacting part of a path with an `@` in it is the safe mistake).
 pub fn redact_url(url: &str) -> String {
-    match url.split_once('@') {
-        Some((left, right)) => match left.rsplit_once(':') {
-            Some((scheme_user, _)) if scheme_user.contains("://") => {
-                format!("{scheme_user}:<redacted>@{right}")
-            }
-            _ => url.to_owned(),
-        },
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return match url.rfind('@') {
+            Some(at) => format!("<redacted>{}", &url[at..]),
+            None => url.to_owned(),
+        };
+    };
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
         None => url.to_owned(),
     }
 }
@@ -173,6 +221,16 @@ pub struct Config {
     pub btp_server_host: Option<String>,
     #[serde(default)]
     pub health_check_port: Option<u16>,
+    /// Where the admin port listens (default 127.0.0.1).
+    #[serde(default)]
+    pub admin_host: Option<String>,
+    /// Bearer token for every admin endpoint except `/health` and `/metrics` (env
+    /// `ADMIN_TOKEN`, or `adminTokenFile`). Without one, writes are refused (403) and reads
+    /// other than those two are served only on a loopback `adminHost`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub admin_token_file: Option<String>,
     #[serde(default)]
     pub shards: Option<usize>,
     #[serde(default)]
@@ -237,6 +295,10 @@ pub struct Config {
     /// shard it reached, if that link has been silent this long (a half-open leftover).
     #[serde(default = "d_replace_silent")]
     pub replace_silent_link_ms: u64,
+    /// Failed BTP logins from one IP address within a minute (per shard) after which its
+    /// connections are closed before the handshake until that minute ends.
+    #[serde(default = "d_max_auth_failures")]
+    pub max_auth_failures_per_ip: u32,
 }
 
 fn default_log_level() -> String {
@@ -290,6 +352,9 @@ fn d_write_timeout() -> u64 {
 fn d_max_unauth() -> usize {
     256
 }
+fn d_max_auth_failures() -> u32 {
+    20
+}
 fn d_replace_silent() -> u64 {
     5_000
 }
@@ -304,7 +369,15 @@ impl Config {
 
     /// YAML → `Config`, unknown keys refused; not yet validated.
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+        let mut cfg: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        for (i, p) in cfg.peers.iter_mut().enumerate() {
+            p.read_token_file(&format!("peers[{i}]"))?;
+        }
+        if let Some(path) = &cfg.admin_token_file {
+            cfg.admin_token = Some(read_secret_file(path, "adminTokenFile")?);
+        }
+        Ok(cfg)
     }
 
     /// Reads a file, applies the environment overrides, validates.
@@ -325,6 +398,9 @@ impl Config {
         }
         if let Some(v) = get("ILP_ADDRESS") {
             self.ilp_address = Some(v);
+        }
+        if let Some(v) = get("ADMIN_TOKEN") {
+            self.admin_token = Some(v);
         }
         if let Some(v) = get("BTP_SERVER_PORT") {
             self.btp_server_port = v
@@ -391,6 +467,16 @@ impl Config {
             None => {
                 self.ildcp_parent()?;
             }
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "adminToken",
+                "is empty (from the config, env ADMIN_TOKEN or adminTokenFile)",
+            ));
         }
         if !matches!(
             self.log_level.as_str(),
@@ -459,6 +545,10 @@ impl Config {
                 "maxUnauthenticatedPerShard",
                 self.max_unauthenticated_per_shard as u64,
             ),
+            (
+                "maxAuthFailuresPerIp",
+                u64::from(self.max_auth_failures_per_ip),
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));
@@ -526,8 +616,9 @@ mod tests {
 
     #[test]
     fn address_from_the_parent() {
-        let up =
-            |id: &str| format!("  - {{id: {id}, relation: parent, url: \"ws://127.0.0.1:1\"}}\n");
+        let up = |id: &str| {
+            format!("  - {{id: {id}, relation: parent, url: \"ws://127.0.0.1:1\", authToken: t}}\n")
+        };
         let kid = "  - {id: kid, relation: child, authToken: t}\n";
         // One parent: the address comes from it.
         let c = Config::from_yaml(&format!("nodeId: n\npeers:\n{}{kid}", up("b"))).unwrap();
@@ -566,10 +657,73 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(
-            redact_url("btp+ws://u:pw@h:1/p"),
-            "btp+ws://u:<redacted>@h:1/p"
+        for (url, shown) in [
+            ("btp+ws://u:pw@h:1/p", "btp+ws://<redacted>@h:1/p"),
+            ("ws://h:1", "ws://h:1"),
+            // The two leaks: a ':' and an '@' inside the password.
+            ("btp+ws://u:pa:ss-topsecret@h:1", "btp+ws://<redacted>@h:1"),
+            ("btp+ws://u:p@ss-topsecret@h:1", "btp+ws://<redacted>@h:1"),
+            ("btp+ws://u@h:1", "btp+ws://<redacted>@h:1"),
+            ("u:secret@h", "<redacted>@h"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        // An unparsable URL is named without its password.
+        let e = Config::from_yaml(
+            "nodeId: n\nilpAddress: test.n\npeers:\n  - {id: p, relation: peer, url: \"btp+ws://u:topsecret@[bad\"}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("topsecret") && e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn empty_or_missing_secrets_are_config_errors() {
+        let with = |peer: &str| format!("nodeId: n\nilpAddress: test.n\npeers:\n  - {peer}\n");
+        for peer in [
+            "{id: bank, relation: child, authToken: \"\"}",
+            "{id: bank, relation: child, authToken: \"  \"}",
+            "{id: bank, relation: child}",
+            "{id: bank, relation: peer, url: \"ws://h:1\"}",
+        ] {
+            let e = Config::from_yaml(&with(peer)).unwrap_err().to_string();
+            assert!(e.contains("authToken") && e.contains("bank"), "{peer}: {e}");
+        }
+        // A token in the url is enough for a peer we dial.
+        Config::from_yaml(&with(
+            "{id: bank, relation: peer, url: \"btp+ws://me:tok@h:1\"}",
+        ))
+        .unwrap();
+        // An empty env variable (an unset compose variable) replacing a good token is refused.
+        let mut c = Config::parse(&with("{id: bank, relation: child, authToken: good}")).unwrap();
+        c.apply_env(|k| (k == "BTP_PEER_BANK_SECRET").then(String::new))
+            .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("empty"));
+        // authTokenFile: read, one newline dropped; an empty file or a missing one is refused.
+        let dir = std::env::temp_dir().join(format!("ilp-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, empty) = (dir.join("good"), dir.join("empty"));
+        std::fs::write(&good, "s3cret\n").unwrap();
+        std::fs::write(&empty, "\n").unwrap();
+        let file = |f: &std::path::Path| {
+            with(&format!(
+                "{{id: bank, relation: child, authTokenFile: {}}}",
+                f.display()
+            ))
+        };
+        let c = Config::from_yaml(&file(&good)).unwrap();
+        assert_eq!(c.peers[0].auth_token.as_deref(), Some("s3cret"));
+        assert!(Config::from_yaml(&file(&empty))
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let e = Config::from_yaml(&file(&dir.join("missing")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("authTokenFile") && e.contains("cannot read"),
+            "{e}"
         );
-        assert_eq!(redact_url("ws://h:1"), "ws://h:1");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

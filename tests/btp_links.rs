@@ -103,7 +103,7 @@ fn wrong_token_gets_error_and_close() {
         let err = dial(&target, "client", "wrong", Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err, LinkError::Auth("invalid auth_token".into()));
+        assert_eq!(err, LinkError::Auth("authentication failed".into()));
         let ok = dial(&target, "client", "right", Duration::from_secs(5)).await;
         assert!(ok.is_ok());
     });

@@ -711,7 +711,9 @@ where
 fn assorted_garbage_keeps_the_node_and_others_up() {
     let _serial = serial();
     let node = start(
-        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {id: bad, relation: child, authToken: secret-b}\n  - {id: sender, relation: child, authToken: secret-s}\n",
+        // Every client here is 127.0.0.1: the per-IP login throttle would block the good one
+        // after the 1 000 bad logins (that throttle has its own test below).
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nmaxAuthFailuresPerIp: 1000000\npeers:\n  - {id: bad, relation: child, authToken: secret-b}\n  - {id: sender, relation: child, authToken: secret-s}\n",
     );
     let url = format!("ws://127.0.0.1:{}", node.btp_port());
     let (transfer, truncated, after_pings, oversize_closed, bad_auths) =
@@ -859,4 +861,36 @@ fn evicted_link_fails_its_packets_with_t01_at_once() {
     let slowest = answers.iter().map(|(_, t)| *t).max().unwrap();
     println!("slowest T01 after eviction: {slowest:?}");
     assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+}
+
+/// Wrong credentials get one uniform answer (an unknown account looks like a wrong token), and
+/// an address with too many failed logins is refused before the handshake for the window,
+/// even with the right token.
+#[test]
+fn failed_logins_are_uniform_and_throttled_per_address() {
+    let _serial = serial();
+    let node = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nmaxAuthFailuresPerIp: 4\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    let answers = run_local(move || async move {
+        let target = parse_url(&url).unwrap();
+        let mut answers = Vec::new();
+        for (user, token) in [
+            ("sender", "wrong"),
+            ("nobody", "wrong"),
+            ("nobody", "secret-s"),
+            ("", "wrong"),
+            ("sender", "secret-s"),
+        ] {
+            let r = dial(&target, user, token, Duration::from_secs(5)).await;
+            answers.push(r.map(|_| ()).map_err(|e| e.to_string()));
+        }
+        answers
+    });
+    let failed = "authentication failed: authentication failed".to_string();
+    assert_eq!(answers[..4], vec![Err(failed); 4], "uniform answers");
+    // The fifth, with the right token, is refused: the address is blocked for the window.
+    let refused = answers[4].as_ref().unwrap_err();
+    assert!(refused.starts_with("connection failed"), "{refused}");
 }

@@ -34,7 +34,9 @@ fn code(p: &Packet) -> String {
 
 fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> (u16, String) {
     let url = format!("http://127.0.0.1:{port}{path}");
-    let req = ureq::request(method, &url).timeout(Duration::from_secs(5));
+    let req = ureq::request(method, &url)
+        .timeout(Duration::from_secs(5))
+        .set("Authorization", "Bearer admin-secret");
     let res = match body {
         Some(b) => req.set("Content-Type", "application/json").send_string(b),
         None => req.call(),
@@ -132,7 +134,7 @@ fn shard_limit_gives_t03() {
 #[test]
 fn peers_added_and_removed_at_runtime() {
     let node = start(
-        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nadminToken: admin-secret\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
     );
     let admin = node.admin_port().unwrap();
     let url = format!("ws://127.0.0.1:{}", node.btp_port());
@@ -184,6 +186,7 @@ fn peers_added_and_removed_at_runtime() {
         relation: Relation::Child,
         url: None,
         auth_token: Some("secret-g".into()),
+        auth_token_file: None,
         asset_code: None,
         asset_scale: None,
         links: Default::default(),
@@ -288,4 +291,67 @@ fn our_nodes_negotiate_a_link_per_shard() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(x1.peer_links("y").unwrap().iter().sum::<usize>(), 1);
+}
+
+/// The admin port's guard: `/health` and `/metrics` open; without an admin token writes get
+/// 403; with one, everything else needs it as a bearer token, and writes need JSON.
+#[test]
+fn admin_port_needs_its_token_and_json() {
+    let call = |port: u16, method: &str, path: &str, token: Option<&str>, ctype: &str| {
+        let mut req = ureq::request(method, &format!("http://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(5))
+            .set("Content-Type", ctype);
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let body = r#"{"id":"x","relation":"child","authToken":"secret-x"}"#;
+        let res = if method == "POST" {
+            req.send_string(body)
+        } else {
+            req.call()
+        };
+        match res {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    };
+    let json = "application/json";
+    let open = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let p = open.admin_port().unwrap();
+    assert_eq!(call(p, "GET", "/metrics", None, json), 200);
+    assert_eq!(
+        call(p, "GET", "/peers", None, json),
+        200,
+        "reads on loopback"
+    );
+    assert_eq!(
+        call(p, "POST", "/peers", None, json),
+        403,
+        "no token: read-only"
+    );
+    assert_eq!(call(p, "DELETE", "/peers/sender", None, json), 403);
+
+    let guarded = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nadminToken: admin-secret\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let p = guarded.admin_port().unwrap();
+    assert_eq!(call(p, "GET", "/metrics", None, json), 200);
+    assert!([200, 503].contains(&call(p, "GET", "/health", None, json)));
+    assert_eq!(call(p, "GET", "/peers", None, json), 401);
+    assert_eq!(call(p, "GET", "/routes", Some("wrong"), json), 401);
+    assert_eq!(call(p, "GET", "/routes", Some("admin-secret"), json), 200);
+    assert_eq!(call(p, "POST", "/peers", None, json), 401);
+    // A form or text body (what a web page can send cross-site without a preflight).
+    assert_eq!(
+        call(p, "POST", "/peers", Some("admin-secret"), "text/plain"),
+        415
+    );
+    assert_eq!(call(p, "POST", "/peers", Some("admin-secret"), json), 201);
+    assert_eq!(
+        call(p, "DELETE", "/peers/x", Some("admin-secret"), json),
+        204
+    );
 }

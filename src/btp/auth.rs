@@ -31,7 +31,11 @@ impl Credential {
     }
 }
 
-/// Why an auth frame was refused (sent back in the BTP ERROR's data; never echoes the token).
+/// What a refused peer is told, whatever was wrong with its credentials: telling an unknown
+/// account from a wrong token would let anyone probe which accounts exist.
+pub const AUTH_FAILED: &str = "authentication failed";
+
+/// Why an auth frame was refused (for our logs; the peer gets [`AuthRefusal::wire_message`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthRefusal {
     #[error("first frame must be a MESSAGE with primary protocol auth")]
@@ -43,6 +47,22 @@ pub enum AuthRefusal {
     #[error("unknown account")]
     UnknownAccount,
 }
+
+impl AuthRefusal {
+    /// What the peer is told: the same for every credential failure.
+    pub fn wire_message(&self) -> &'static str {
+        match self {
+            AuthRefusal::NotAuth => "first frame must be a MESSAGE with primary protocol auth",
+            AuthRefusal::MissingToken | AuthRefusal::BadToken | AuthRefusal::UnknownAccount => {
+                AUTH_FAILED
+            }
+        }
+    }
+}
+
+/// Compared against when the account is unknown, so that path costs what a wrong token costs.
+static DUMMY: std::sync::LazyLock<Credential> =
+    std::sync::LazyLock::new(|| Credential::new("", "no account has this token"));
 
 /// Checks an auth frame against the peers allowed to dial us; returns the peer id.
 pub fn authenticate<'a>(
@@ -64,14 +84,13 @@ pub fn authenticate<'a>(
         .or(path_user.map(str::as_bytes).filter(|u| !u.is_empty()));
     match username {
         Some(user) => {
-            let cred = creds
-                .iter()
-                .find(|c| c.peer_id.as_bytes() == user)
-                .ok_or(AuthRefusal::UnknownAccount)?;
-            if cred.matches(token) {
-                Ok(&cred.peer_id)
-            } else {
-                Err(AuthRefusal::BadToken)
+            let cred = creds.iter().find(|c| c.peer_id.as_bytes() == user);
+            // The comparison runs either way: the same work for an unknown account.
+            let matched = cred.unwrap_or(&DUMMY).matches(token);
+            match cred {
+                Some(c) if matched && !token.is_empty() => Ok(&c.peer_id),
+                Some(_) => Err(AuthRefusal::BadToken),
+                None => Err(AuthRefusal::UnknownAccount),
             }
         }
         None => {
@@ -82,7 +101,10 @@ pub fn authenticate<'a>(
                     found = Some(c.peer_id.as_str());
                 }
             }
-            found.ok_or(AuthRefusal::BadToken)
+            // An empty token never logs in (config refuses one; this is the second lock).
+            found
+                .filter(|_| !token.is_empty())
+                .ok_or(AuthRefusal::BadToken)
         }
     }
 }

@@ -30,7 +30,9 @@ pub struct DialTarget {
 /// Parses `btp+ws://[user[:token]@]host[:port][/path]` or `ws://...`.
 pub fn parse_url(url: &str) -> Result<DialTarget, String> {
     let stripped = url.strip_prefix("btp+").unwrap_or(url);
-    let mut u = url::Url::parse(stripped).map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    // Errors name the URL without its userinfo: it carries the token.
+    let shown = crate::config::redact_url(url);
+    let mut u = url::Url::parse(stripped).map_err(|e| format!("invalid url {shown:?}: {e}"))?;
     if u.scheme() != "ws" {
         return Err(format!(
             "unsupported url scheme {:?} (only ws and btp+ws)",
@@ -39,7 +41,7 @@ pub fn parse_url(url: &str) -> Result<DialTarget, String> {
     }
     let host = u
         .host_str()
-        .ok_or_else(|| format!("url {url:?} has no host"))?;
+        .ok_or_else(|| format!("url {shown:?} has no host"))?;
     let port = u.port().unwrap_or(80);
     let host_port = format!("{host}:{port}");
     let username = Some(u.username().to_owned()).filter(|s| !s.is_empty());

@@ -14,6 +14,7 @@ pub mod client;
 pub mod deadlines;
 pub mod link;
 pub mod server;
+pub mod throttle;
 
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub enum LinkError {
     Connect(String),
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// A dialling peer's credentials were wrong (unknown account, wrong or missing token):
+    /// what the per-IP throttle counts.
+    #[error("credentials refused: {0}")]
+    BadCredentials(String),
     #[error("no answer before the deadline")]
     Timeout,
     #[error("link lost before the answer arrived")]

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use glommio::net::TcpStream;
 
-use super::auth::{authenticate, user_from_path, Credential};
+use super::auth::{authenticate, user_from_path, AuthRefusal, Credential};
 use super::{within, ws_config, LinkError};
 
 /// Admits every peer that authenticates (for callers without connection limits), offering
@@ -86,16 +86,33 @@ async fn accept_within(
         let _ = ws.close(None).await;
         return Err(LinkError::Auth("closed before the auth frame".into()));
     };
+    // Err: (our error, what the peer is told)
     let (request_id, verdict) = match BtpPacket::decode(first) {
         Ok(p) => (
             p.request_id(),
             authenticate(&p, user_from_path(&path), creds)
                 .map(str::to_owned)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    let ours = match e {
+                        AuthRefusal::NotAuth => LinkError::Auth(e.to_string()),
+                        _ => LinkError::BadCredentials(e.to_string()),
+                    };
+                    (ours, e.wire_message().to_owned())
+                }),
         ),
-        Err(e) => (0, Err(format!("unparsable auth frame: {e}"))),
+        Err(e) => (
+            0,
+            Err((
+                LinkError::Auth(format!("unparsable auth frame: {e}")),
+                "unparsable auth frame".to_owned(),
+            )),
+        ),
     };
-    let verdict = verdict.and_then(|peer| admit(&peer).map(|links| (peer, links)));
+    let verdict = verdict.and_then(|peer| {
+        admit(&peer)
+            .map(|links| (peer, links))
+            .map_err(|e| (LinkError::Auth(e.clone()), e))
+    });
     let mut out = BytesMut::new();
     match verdict {
         Ok((peer, links)) => {
@@ -111,17 +128,17 @@ async fn accept_within(
                 .map_err(|e| LinkError::Connect(e.to_string()))?;
             Ok((peer, ws))
         }
-        Err(reason) => {
+        Err((ours, told)) => {
             btp::encode_error(
                 &mut out,
                 request_id,
                 b"F00",
                 GeneralizedTime::from(Timestamp::now()),
-                reason.as_bytes(),
+                told.as_bytes(),
             );
             let _ = ws.send(Message::Binary(out.freeze())).await;
             let _ = ws.close(None).await;
-            Err(LinkError::Auth(reason))
+            Err(ours)
         }
     }
 }

@@ -231,6 +231,7 @@ mod tests {
             relation: Relation::Peer,
             url: None,
             auth_token: Some("t".into()),
+            auth_token_file: None,
             asset_code: None,
             asset_scale: None,
             links: Default::default(),

@@ -175,7 +175,10 @@ pub fn reject_for_link_error(err: &LinkError, now: Timestamp, out_expiry: Timest
             ErrorCode::T00_INTERNAL_ERROR,
             format!("bad answer from the next hop: {m}"),
         ),
-        LinkError::LinkLost | LinkError::Connect(_) | LinkError::Auth(_) => Refusal::new(
+        LinkError::LinkLost
+        | LinkError::Connect(_)
+        | LinkError::Auth(_)
+        | LinkError::BadCredentials(_) => Refusal::new(
             ErrorCode::T01_PEER_UNREACHABLE,
             "link to the next hop was lost",
         ),

@@ -43,6 +43,7 @@ use crate::btp::client::{dial_negotiated, parse_url};
 use crate::btp::deadlines::Deadlines;
 use crate::btp::link::{self, Link, LinkConfig};
 use crate::btp::server::accept_peer;
+use crate::btp::throttle::AuthThrottle;
 use crate::btp::{IncomingHandler, LinkError};
 use crate::codec::btp::{self as btpc, BtpBody, ProtocolData, CONTENT_OCTET_STREAM};
 use crate::codec::ilp::rewrite_prepare;
@@ -67,6 +68,9 @@ pub struct Handoff {
 
 /// The shard's ends of the node's channel mesh (absent with one shard).
 pub type Mesh = (Senders<Handoff>, Receivers<Handoff>);
+
+/// The window of `maxAuthFailuresPerIp`.
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Idle workers beyond this many end (the pool shrinks back after a burst).
 const MAX_IDLE_WORKERS: usize = 256;
@@ -116,6 +120,8 @@ pub struct Shard {
     peer_load: RefCell<HashMap<String, Rc<Cell<usize>>>>,
     /// Accepted connections not yet authenticated.
     unauthenticated: Cell<usize>,
+    /// Failed logins per remote address.
+    auth_throttle: RefCell<AuthThrottle>,
 }
 
 impl Shard {
@@ -125,6 +131,7 @@ impl Shard {
         handoff: Option<Senders<Handoff>>,
     ) -> Rc<Shard> {
         let c = &node.config;
+        let auth_throttle = AuthThrottle::new(c.max_auth_failures_per_ip, AUTH_FAILURE_WINDOW);
         let link_cfg = LinkConfig {
             node_id: c.node_id.as_str().into(),
             send_timeout: Duration::from_millis(c.send_timeout_ms),
@@ -159,6 +166,7 @@ impl Shard {
             node,
             peer_load: RefCell::new(HashMap::new()),
             unauthenticated: Cell::new(0),
+            auth_throttle: RefCell::new(auth_throttle),
         });
         shard.refresh_peers();
         shard
@@ -359,9 +367,14 @@ impl Shard {
     }
 
     async fn serve_inbound(self: Rc<Self>, stream: TcpStream) {
-        let remote = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let addr = stream.peer_addr().ok();
+        let remote = addr.map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let ip = addr.map(|a| a.ip());
+        if let Some(ip) = ip {
+            if !self.auth_throttle.borrow().allowed(ip, Instant::now()) {
+                return; // Closed before the handshake; logged once when it was blocked.
+            }
+        }
         let auth_timeout = Duration::from_millis(self.node.config.auth_timeout_ms);
         let creds = self.peers.borrow().creds.clone();
         self.unauthenticated.set(self.unauthenticated.get() + 1);
@@ -371,7 +384,17 @@ impl Shard {
         let (peer, ws) = match accepted {
             Ok(x) => x,
             Err(e) => {
+                // Only wrong credentials count (not timeouts or connection limits).
+                let blocked = matches!(e, LinkError::BadCredentials(_))
+                    && ip.is_some_and(|ip| {
+                        self.auth_throttle.borrow_mut().failed(ip, Instant::now())
+                    });
                 tracing::info!(nodeId = %self.node.config.node_id, component = "btp_server", event = "btp_auth_failed", remote = %remote, error = %e);
+                if blocked {
+                    tracing::warn!(nodeId = %self.node.config.node_id, component = "btp_server", event = "btp_auth_blocked", remote = %remote,
+                        failures = self.node.config.max_auth_failures_per_ip, for_s = AUTH_FAILURE_WINDOW.as_secs(),
+                        "too many failed logins from this address: its connections are refused until the window ends");
+                }
                 return;
             }
         };
