@@ -50,7 +50,7 @@ async fn serve(listener: glommio::net::TcpListener) {
         let creds = creds.clone();
         glommio::spawn_local(async move {
             let Ok((peer, ws)) =
-                accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
+                accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all).await
             else {
                 return;
             };

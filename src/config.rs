@@ -195,6 +195,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
@@ -219,6 +227,12 @@ pub struct Config {
     pub btp_server_port: u16,
     #[serde(default)]
     pub btp_server_host: Option<String>,
+    /// Serve BTP over TLS only (`wss`), with this certificate chain and key (PEM files).
+    #[serde(default)]
+    pub btp_server_tls: Option<TlsFiles>,
+    /// Extra CA certificates (PEM) trusted, besides the system's, when dialling `wss` peers.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
     #[serde(default)]
     pub health_check_port: Option<u16>,
     /// Where the admin port listens (default 127.0.0.1).
@@ -478,6 +492,23 @@ impl Config {
                 "is empty (from the config, env ADMIN_TOKEN or adminTokenFile)",
             ));
         }
+        if let Some(t) = &self.btp_server_tls {
+            crate::btp::tls::server_config(&t.cert_file, &t.key_file)
+                .map_err(|e| invalid("btpServerTls", e))?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            crate::btp::tls::client_config(Some(ca)).map_err(|e| invalid("tlsCaFile", e))?;
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "adminToken",
+                "is empty (from the config, env ADMIN_TOKEN or adminTokenFile)",
+            ));
+        }
         if !matches!(
             self.log_level.as_str(),
             "trace" | "debug" | "info" | "warn" | "error"
@@ -725,5 +756,13 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+        // The admin token too.
+        let e = Config::from_yaml(&format!(
+            "{}adminToken: \" \"\n",
+            with("{id: bank, relation: child, authToken: t}")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("adminToken"), "{e}");
     }
 }

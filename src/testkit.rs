@@ -87,7 +87,7 @@ impl Fulfiller {
                 let (creds, deadlines) = (creds.clone(), deadlines.clone());
                 glommio::spawn_local(async move {
                     let Ok((peer, ws)) =
-                        accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
+                        accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all).await
                     else {
                         return;
                     };

@@ -26,7 +26,7 @@ fn spawn_server(token: &'static str, auth_bound: Duration, handler: fn(Link, Btp
         while let Ok(stream) = listener.accept().await {
             let creds = creds.clone();
             glommio::spawn_local(async move {
-                let Ok((peer, ws)) = accept_peer(stream, &creds, auth_bound, admit_all).await
+                let Ok((peer, ws)) = accept_peer(stream, None, &creds, auth_bound, admit_all).await
                 else {
                     return;
                 };
@@ -167,7 +167,7 @@ fn unanswered_ping_closes_the_link() {
         glommio::spawn_local(async move {
             let creds = vec![Credential::new("client", "tok")];
             let stream = listener.accept().await.unwrap();
-            let (_peer, ws) = accept_peer(stream, &creds, Duration::from_secs(5), admit_all)
+            let (_peer, ws) = accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all)
                 .await
                 .unwrap();
             // Hold the socket without reading it.

@@ -133,7 +133,8 @@ impl StallPeer {
                     let (creds, d, o) = (creds.clone(), d.clone(), o.clone());
                     glommio::spawn_local(async move {
                         let Ok((_, mut ws)) =
-                            accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
+                            accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all)
+                                .await
                         else {
                             return;
                         };
@@ -632,7 +633,7 @@ fn outgoing_expiry_is_capped_and_a_late_fulfill_is_counted() {
             let _ = tx.send(listener.local_addr().unwrap().port());
             let creds = Rc::new(vec![Credential::new("n", "secret-l")]);
             let stream = listener.accept().await.unwrap();
-            let (peer, ws) = accept_peer(stream, &creds, Duration::from_secs(5), admit_all)
+            let (peer, ws) = accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all)
                 .await
                 .unwrap();
             let l = Link::new(&peer, LinkConfig::default(), Deadlines::new());
@@ -801,7 +802,7 @@ fn evicted_link_fails_its_packets_with_t01_at_once() {
                 let creds = creds.clone();
                 glommio::spawn_local(async move {
                     let Ok((_, mut ws)) =
-                        accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await
+                        accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all).await
                     else {
                         return;
                     };

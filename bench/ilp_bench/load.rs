@@ -6,13 +6,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_tungstenite::WebSocketStream;
 use bytes::BytesMut;
-use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use ilp_connector::btp::client::{dial, parse_url, DialTarget};
 use ilp_connector::btp::deadlines::Deadlines;
 use ilp_connector::btp::link::{self, Link, LinkConfig};
+use ilp_connector::btp::tls::Ws;
 use ilp_connector::btp::IncomingHandler;
 use ilp_connector::codec::btp::{self, BtpType};
 use ilp_connector::codec::{Packet, PrepareFields, Timestamp};
@@ -102,11 +101,7 @@ async fn wait_links(place: &Placement, done: impl Fn(&[f64]) -> bool) -> Result<
 }
 
 /// Dials `target` until the link lands on `place.shard` (at most 64 tries).
-async fn dial_placed(
-    target: &DialTarget,
-    load: &Load,
-    place: &Placement,
-) -> Result<WebSocketStream<TcpStream>, String> {
+async fn dial_placed(target: &DialTarget, load: &Load, place: &Placement) -> Result<Ws, String> {
     for _ in 0..64 {
         let before = links_per_shard(place.admin_port, &place.peer)?;
         let ws = dial(target, &load.user, &load.token, Duration::from_secs(5))

@@ -8,11 +8,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::Message;
-use async_tungstenite::WebSocketStream;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use glommio::net::TcpStream;
 
+use super::tls::{Stream, Ws};
 use super::{within, ws_config, LinkError};
 use crate::codec::btp::encode_auth;
 use crate::codec::{BtpPacket, BtpType};
@@ -20,30 +20,45 @@ use crate::codec::{BtpPacket, BtpType};
 /// A parsed dial target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialTarget {
-    /// `ws://host:port/path` without user info.
+    /// `ws://host:port/path` (or `wss://…`) without user info.
     pub ws_url: String,
     pub host_port: String,
+    /// The host name, for TLS (SNI and certificate check).
+    pub host: String,
+    /// `wss`: TLS over the TCP connection.
+    pub tls: bool,
     pub username: Option<String>,
     pub token: Option<String>,
 }
 
-/// Parses `btp+ws://[user[:token]@]host[:port][/path]` or `ws://...`.
+/// Parses `btp+ws://[user[:token]@]host[:port][/path]`, `ws://...`, and the same with `wss`
+/// (TLS; default port 443).
 pub fn parse_url(url: &str) -> Result<DialTarget, String> {
     let stripped = url.strip_prefix("btp+").unwrap_or(url);
     // Errors name the URL without its userinfo: it carries the token.
     let shown = crate::config::redact_url(url);
     let mut u = url::Url::parse(stripped).map_err(|e| format!("invalid url {shown:?}: {e}"))?;
-    if u.scheme() != "ws" {
-        return Err(format!(
-            "unsupported url scheme {:?} (only ws and btp+ws)",
-            u.scheme()
-        ));
-    }
+    let tls = match u.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => {
+            return Err(format!(
+                "unsupported url scheme {other:?} (ws, wss, btp+ws, btp+wss)"
+            ))
+        }
+    };
     let host = u
         .host_str()
-        .ok_or_else(|| format!("url {shown:?} has no host"))?;
-    let port = u.port().unwrap_or(80);
-    let host_port = format!("{host}:{port}");
+        .ok_or_else(|| format!("url {shown:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = u.port().unwrap_or(if tls { 443 } else { 80 });
+    let host_port = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let username = Some(u.username().to_owned()).filter(|s| !s.is_empty());
     let token = u.password().map(str::to_owned);
     let _ = u.set_username("");
@@ -51,6 +66,8 @@ pub fn parse_url(url: &str) -> Result<DialTarget, String> {
     Ok(DialTarget {
         ws_url: u.to_string(),
         host_port,
+        host,
+        tls,
         username,
         token,
     })
@@ -90,7 +107,7 @@ pub async fn dial(
     default_user: &str,
     token: &str,
     timeout: Duration,
-) -> Result<WebSocketStream<TcpStream>, LinkError> {
+) -> Result<Ws, LinkError> {
     dial_negotiated(target, default_user, token, timeout)
         .await
         .map(|(ws, _)| ws)
@@ -103,12 +120,39 @@ pub async fn dial_negotiated(
     default_user: &str,
     token: &str,
     timeout: Duration,
-) -> Result<(WebSocketStream<TcpStream>, Option<usize>), LinkError> {
+) -> Result<(Ws, Option<usize>), LinkError> {
+    dial_with_ca(target, default_user, token, timeout, None).await
+}
+
+/// As [`dial_negotiated`]; a `wss` target's certificate is checked against the system roots
+/// and the certificates in `ca_file` (PEM).
+pub async fn dial_with_ca(
+    target: &DialTarget,
+    default_user: &str,
+    token: &str,
+    timeout: Duration,
+    ca_file: Option<&str>,
+) -> Result<(Ws, Option<usize>), LinkError> {
     let addr = resolve(&target.host_port, timeout).await?;
-    let stream = TcpStream::connect_timeout(addr, timeout)
+    let tcp = TcpStream::connect_timeout(addr, timeout)
         .await
         .map_err(|e| LinkError::Connect(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let stream = if target.tls {
+        let config = super::tls::client_config(ca_file).map_err(LinkError::Connect)?;
+        let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| LinkError::Connect(format!("{}: {e}", target.host)))?;
+        let tls = within(
+            timeout,
+            futures_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .ok_or_else(|| LinkError::Connect("TLS handshake timed out".into()))?
+        .map_err(|e| LinkError::Connect(format!("TLS: {e}")))?;
+        Stream::Client(Box::new(tls))
+    } else {
+        Stream::Plain(tcp)
+    };
     let (mut ws, _) = within(
         timeout,
         async_tungstenite::client_async_with_config(
@@ -177,6 +221,13 @@ mod tests {
         let t = parse_url("ws://localhost:9").unwrap();
         assert_eq!((t.username, t.token), (None, None));
         assert!(parse_url("http://x").is_err());
+        let t = parse_url("btp+wss://a:b@node.example:7768").unwrap();
+        assert!(t.tls);
+        assert_eq!(
+            (t.host.as_str(), t.ws_url.as_str()),
+            ("node.example", "wss://node.example:7768/")
+        );
+        assert_eq!(parse_url("wss://h").unwrap().host_port, "h:443");
         assert!(parse_url("nonsense").is_err());
     }
 

@@ -15,6 +15,7 @@ pub mod deadlines;
 pub mod link;
 pub mod server;
 pub mod throttle;
+pub mod tls;
 
 use std::time::Duration;
 

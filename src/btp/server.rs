@@ -10,13 +10,15 @@ use std::time::Duration;
 use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::http::StatusCode;
 use async_tungstenite::tungstenite::Message;
-use async_tungstenite::WebSocketStream;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use glommio::net::TcpStream;
 
 use super::auth::{authenticate, user_from_path, AuthRefusal, Credential};
+use super::tls::{Stream, Ws};
 use super::{within, ws_config, LinkError};
+use futures_rustls::rustls::ServerConfig;
+use std::sync::Arc;
 
 /// Admits every peer that authenticates (for callers without connection limits), offering
 /// nothing about links.
@@ -31,16 +33,18 @@ pub const LINKS_ENTRY: &[u8] = b"ilp-connector-links";
 use crate::codec::btp::{self, BtpBody, ProtocolData};
 use crate::codec::{BtpPacket, GeneralizedTime, Timestamp};
 
-/// Upgrades and authenticates an accepted socket; returns the peer id and the WebSocket.
+/// Upgrades (through TLS first when `tls` is given) and authenticates an accepted socket, all
+/// within `auth_timeout`; returns the peer id and the WebSocket.
 // The WebSocket callback's error type is fixed by tungstenite.
 #[allow(clippy::result_large_err)]
 pub async fn accept_peer(
     stream: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
     creds: &[Credential],
     auth_timeout: Duration,
     admit: impl FnOnce(&str) -> Result<Option<usize>, String>,
-) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
-    within(auth_timeout, accept_within(stream, creds, admit))
+) -> Result<(String, Ws), LinkError> {
+    within(auth_timeout, accept_within(stream, tls, creds, admit))
         .await
         .unwrap_or_else(|| {
             Err(LinkError::Auth(
@@ -51,11 +55,21 @@ pub async fn accept_peer(
 
 #[allow(clippy::result_large_err)]
 async fn accept_within(
-    stream: TcpStream,
+    tcp: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
     creds: &[Credential],
     admit: impl FnOnce(&str) -> Result<Option<usize>, String>,
-) -> Result<(String, WebSocketStream<TcpStream>), LinkError> {
-    let _ = stream.set_nodelay(true);
+) -> Result<(String, Ws), LinkError> {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tls {
+        Some(config) => Stream::Server(Box::new(
+            futures_rustls::TlsAcceptor::from(config)
+                .accept(tcp)
+                .await
+                .map_err(|e| LinkError::Connect(format!("TLS: {e}")))?,
+        )),
+        None => Stream::Plain(tcp),
+    };
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| {
         let p = req.uri().path();

@@ -33,6 +33,8 @@ pub struct NodeShared {
     pub config: Config,
     /// Our address and asset (configured, or learned from the parent).
     pub identity: Identity,
+    /// TLS for the BTP port (`btpServerTls`), if it serves `wss`.
+    pub btp_tls: Option<Arc<futures_rustls::rustls::ServerConfig>>,
     pub routing: RoutingTable,
     pub peers: Peers,
     pub metrics: Vec<Arc<ShardMetrics>>,
@@ -128,8 +130,16 @@ impl ConnectorNode {
                 default_route,
             )
             .map_err(|e| StartError::Config(e.to_string()))?;
+        let btp_tls = match &config.btp_server_tls {
+            Some(t) => Some(
+                crate::btp::tls::server_config(&t.cert_file, &t.key_file)
+                    .map_err(|e| StartError::Config(format!("btpServerTls: {e}")))?,
+            ),
+            None => None,
+        };
         let n = config.shard_count();
         let shared = Arc::new(NodeShared {
+            btp_tls,
             peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
             link_counters: Arc::default(),

@@ -39,7 +39,7 @@ use super::metrics::ShardMetrics;
 use super::peers::PeerEntry;
 use super::rules::{self, Decision, Refusal, Timing};
 use crate::btp::auth::Credential;
-use crate::btp::client::{dial_negotiated, parse_url};
+use crate::btp::client::{dial_with_ca, parse_url};
 use crate::btp::deadlines::Deadlines;
 use crate::btp::link::{self, Link, LinkConfig};
 use crate::btp::server::accept_peer;
@@ -378,7 +378,9 @@ impl Shard {
         let auth_timeout = Duration::from_millis(self.node.config.auth_timeout_ms);
         let creds = self.peers.borrow().creds.clone();
         self.unauthenticated.set(self.unauthenticated.get() + 1);
-        let accepted = accept_peer(stream, &creds, auth_timeout, |peer| self.admit(peer)).await;
+        let tls = self.node.btp_tls.clone();
+        let accepted =
+            accept_peer(stream, tls, &creds, auth_timeout, |peer| self.admit(peer)).await;
         self.unauthenticated
             .set(self.unauthenticated.get().saturating_sub(1));
         let (peer, ws) = match accepted {
@@ -502,7 +504,15 @@ impl Shard {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            match dial_negotiated(&target, &cfg.node_id, &token, timeout).await {
+            let dialled = dial_with_ca(
+                &target,
+                &cfg.node_id,
+                &token,
+                timeout,
+                cfg.tls_ca_file.as_deref(),
+            )
+            .await;
+            match dialled {
                 Ok((ws, offered)) => {
                     failures = 0;
                     if self.index == entry.home_shard() {

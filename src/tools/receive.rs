@@ -129,7 +129,7 @@ pub fn run(args: Receive) -> u8 {
 
 /// Runs `link` on `ws` until the link ends or `stop` is set.
 async fn serve_link(
-    ws: async_tungstenite::WebSocketStream<glommio::net::TcpStream>,
+    ws: crate::btp::tls::Ws,
     link: Link,
     handler: IncomingHandler,
     stop: Arc<AtomicBool>,
@@ -235,7 +235,7 @@ async fn listening(
             stop.clone(),
         );
         glommio::spawn_local(async move {
-            match accept_peer(stream, &creds, Duration::from_secs(5), admit_all).await {
+            match accept_peer(stream, None, &creds, Duration::from_secs(5), admit_all).await {
                 Ok((peer, ws)) => {
                     eprintln!("{peer} connected");
                     let link = Link::new(&peer, LinkConfig::default(), deadlines);

@@ -57,10 +57,20 @@ impl Drop for Reaped {
 }
 
 pub fn node_script(script: &str, args: &[&str]) -> (Reaped, mpsc::Receiver<serde_json::Value>) {
+    node_script_env(script, args, &[])
+}
+
+/// As [`node_script`], with extra environment variables (e.g. `NODE_EXTRA_CA_CERTS`).
+pub fn node_script_env(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Reaped, mpsc::Receiver<serde_json::Value>) {
     ensure_packages();
     let mut child = Command::new("node")
         .arg(script)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(interop_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

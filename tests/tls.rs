@@ -1,0 +1,180 @@
+//! BTP over TLS (`wss`), with certificates made at run time by a throw-away CA (rcgen):
+//! our node dialling our node, the reference JS client dialling our server, and what goes
+//! wrong without the right certificate.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ilp_connector::btp::client::{dial, parse_url};
+use ilp_connector::codec::Packet;
+use ilp_connector::config::Config;
+use ilp_connector::node::connector::ConnectorNode;
+use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+
+#[path = "support/reference.rs"]
+#[allow(dead_code)]
+mod reference;
+
+/// PEM files of a fresh CA and of a server certificate it signed for localhost / 127.0.0.1.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("ilp-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "ilp-connector test CA");
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(yaml: &str) -> ConnectorNode {
+    ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap()
+}
+
+/// B serves `wss` only; its child `receiver` is the test fulfiller (plain, B dials it).
+fn tls_node(pki: &Pki, f: &Fulfiller) -> ConnectorNode {
+    start(&format!(
+        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nbtpServerTls: {{certFile: {}, keyFile: {}}}\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: js, relation: child, authToken: secret-js}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-r}}\n",
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
+        f.url()
+    ))
+}
+
+fn a_yaml(b_url: &str, ca: Option<&str>) -> String {
+    format!(
+        "nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\n{}peers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: b, relation: peer, url: \"{b_url}\", authToken: secret-ab}}\nroutes:\n  - {{prefix: test.b, nextHop: b}}\n",
+        ca.map_or(String::new(), |c| format!("tlsCaFile: {c}\n"))
+    )
+}
+
+#[test]
+fn our_node_dials_our_node_over_wss() {
+    let pki = Pki::new("ours");
+    let f = Fulfiller::start("b", "secret-r", Mode::Fulfill);
+    let b = tls_node(&pki, &f);
+    assert!(b.wait_ready(Duration::from_secs(10)));
+    let a = start(&a_yaml(
+        &format!("btp+wss://localhost:{}", b.btp_port()),
+        Some(&pki.path("ca.pem")),
+    ));
+    assert!(a.wait_ready(Duration::from_secs(10)));
+    assert!(a.health().peers["b"], "A's wss link to B is up");
+    let url = format!("ws://127.0.0.1:{}", a.btp_port());
+    let answer = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-s")
+            .await
+            .unwrap();
+        s.send("test.b.receiver.x", 5, 20_000, b"over TLS").await
+    })
+    .unwrap();
+    assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");
+
+    // Plain ws to a wss-only port gets nowhere.
+    let plain = format!("ws://127.0.0.1:{}", b.btp_port());
+    let refused = run_local(move || async move {
+        dial(
+            &parse_url(&plain).unwrap(),
+            "a",
+            "secret-ab",
+            Duration::from_secs(3),
+        )
+        .await
+        .map(|_| ())
+    });
+    assert!(refused.is_err(), "plain ws accepted on a TLS port");
+}
+
+#[test]
+fn unknown_certificate_keeps_the_link_down() {
+    let pki = Pki::new("unknown");
+    let f = Fulfiller::start("b", "secret-r", Mode::Fulfill);
+    let b = tls_node(&pki, &f);
+    // No tlsCaFile: B's certificate is signed by nobody the system trusts.
+    let a = start(&a_yaml(
+        &format!("btp+wss://localhost:{}", b.btp_port()),
+        None,
+    ));
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert!(
+            !a.health().peers["b"],
+            "a link to an untrusted certificate came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn certificate_errors_name_the_file() {
+    let e = Config::from_yaml(
+        "nodeId: n\nilpAddress: test.n\nbtpServerTls: {certFile: /nonexistent/cert.pem, keyFile: /nonexistent/key.pem}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("btpServerTls") && e.contains("/nonexistent/cert.pem"),
+        "{e}"
+    );
+    let pki = Pki::new("badkey");
+    let e = Config::from_yaml(&format!(
+        "nodeId: n\nilpAddress: test.n\nbtpServerTls: {{certFile: {}, keyFile: {}}}\n",
+        pki.path("cert.pem"),
+        pki.path("ca.pem")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("ca.pem"), "{e}");
+    let e = Config::from_yaml("nodeId: n\nilpAddress: test.n\ntlsCaFile: /nonexistent/ca.pem\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tlsCaFile") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+}
+
+/// The reference client (`ilp-plugin-btp` over the `ws` package) dials our `wss` server,
+/// trusting the test CA through `NODE_EXTRA_CA_CERTS`.
+#[test]
+fn reference_client_over_wss() {
+    let pki = Pki::new("js");
+    let f = Fulfiller::start("b", "secret-r", Mode::Fulfill);
+    let b = tls_node(&pki, &f);
+    assert!(b.wait_ready(Duration::from_secs(10)));
+    let url = format!("btp+wss://js:secret-js@localhost:{}", b.btp_port());
+    let ca = pki.path("ca.pem");
+    let (_child, rx) = reference::node_script_env(
+        "client.js",
+        &[&url, "test.b.receiver.bob"],
+        &[("NODE_EXTRA_CA_CERTS", ca.as_str())],
+    );
+    let out = reference::next_line(&rx, "answer");
+    assert_eq!(out["type"], "ilp_fulfill", "{out}");
+    assert_eq!(out["fulfillmentMatches"], true, "{out}");
+}
