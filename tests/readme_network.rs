@@ -2,6 +2,8 @@
 //! every `cargo run --release -- …` line of that section in order, with the configs' fixed
 //! ports (3001–3003, 8081–8083) swapped for free ones. Nodes and the receiver stay up; every
 //! other command must exit 0 and print its result (a `reject-` destination must exit 1).
+//! Finally every byte any of them printed (stdout and stderr, logs included) is searched for
+//! the configs' tokens: none may appear.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -49,12 +51,12 @@ fn free_port() -> String {
         .to_string()
 }
 
-/// Spawns the binary and returns it with a channel of its stdout lines.
-fn spawn(args: &[String]) -> (Reaped, mpsc::Receiver<String>) {
+/// Spawns the binary (stderr into `stderr`) and returns it with a channel of its stdout lines.
+fn spawn(args: &[String], stderr: &std::path::Path) -> (Reaped, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
@@ -110,8 +112,22 @@ fn every_command_of_the_five_terminal_section_works() {
         let yaml = std::fs::read_to_string(root.join(format!("configs/{n}.yaml"))).unwrap();
         std::fs::write(dir.join(format!("{n}.yaml")), swap(&yaml)).unwrap();
     }
+    let secrets: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|n| {
+            let yaml = std::fs::read_to_string(root.join(format!("configs/{n}.yaml"))).unwrap();
+            yaml.lines()
+                .filter_map(|l| l.split("authToken:").nth(1))
+                .map(|t| t.split_whitespace().next().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(secrets.len() >= 4, "{secrets:?}");
+    let mut printed = Vec::new();
     let mut running = Vec::new();
-    for cmd in &commands {
+    for (i, cmd) in commands.iter().enumerate() {
+        let stderr = dir.join(format!("stderr-{i}"));
         let args: Vec<String> = swap(cmd)
             .split_whitespace()
             .map(|a| match a.strip_prefix("configs/") {
@@ -121,8 +137,8 @@ fn every_command_of_the_five_terminal_section_works() {
             .collect();
         match args[0].as_str() {
             "run" => {
-                let (child, rx) = spawn(&args);
-                wait_line(&rx, "listening", cmd);
+                let (child, rx) = spawn(&args, &stderr);
+                printed.push(wait_line(&rx, "listening", cmd));
                 // The node's admin port, as the config gives it: ready = its dials are up.
                 let config = std::fs::read_to_string(&args[2]).unwrap();
                 let admin = config
@@ -135,13 +151,14 @@ fn every_command_of_the_five_terminal_section_works() {
                 running.push(child);
             }
             "receive" => {
-                let (child, rx) = spawn(&args);
+                let (child, rx) = spawn(&args, &stderr);
                 let line = wait_line(&rx, "receiving at", cmd);
                 assert!(line.contains("test.c.receiver"), "{line}");
+                printed.push(line);
                 running.push(child);
             }
             _ => {
-                let (mut child, rx) = spawn(&args);
+                let (mut child, rx) = spawn(&args, &stderr);
                 let until = Instant::now() + Duration::from_secs(60);
                 let status = loop {
                     if let Some(s) = child.0.try_wait().unwrap() {
@@ -164,9 +181,30 @@ fn every_command_of_the_five_terminal_section_works() {
                         "`{cmd}`: {out:?}"
                     );
                 }
+                printed.extend(out);
             }
         }
     }
-    drop(running);
+    // Stopped gracefully (SIGTERM), so their last log lines are written too.
+    for mut p in running.drain(..) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &p.0.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while p.0.try_wait().unwrap().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut everything = printed.join("\n");
+    for i in 0..commands.len() {
+        everything += &std::fs::read_to_string(dir.join(format!("stderr-{i}"))).unwrap_or_default();
+    }
+    assert!(everything.len() > 1000, "hardly any output: {everything}");
+    for s in &secrets {
+        assert!(
+            !everything.contains(s.as_str()),
+            "the token {s:?} was printed"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use ilp_connector::btp::client::{dial, parse_url, DialTarget};
+use ilp_connector::btp::client::{dial_with_ca, parse_url, DialTarget};
 use ilp_connector::btp::deadlines::Deadlines;
 use ilp_connector::btp::link::{self, Link, LinkConfig};
 use ilp_connector::btp::tls::Ws;
@@ -36,6 +36,8 @@ pub struct Load {
     /// Open loop: send this many Prepares per second whatever the answers (`concurrency` is
     /// then unused).
     pub rate: Option<f64>,
+    /// Extra CA certificates (PEM) to trust for a `wss` target.
+    pub ca_file: Option<String>,
     /// Whether the caller counts the target's system calls (see `--syscalls`).
     pub count_syscalls: bool,
     /// Keep only links that land on this shard of the target (see [`Placement`]).
@@ -104,9 +106,15 @@ async fn wait_links(place: &Placement, done: impl Fn(&[f64]) -> bool) -> Result<
 async fn dial_placed(target: &DialTarget, load: &Load, place: &Placement) -> Result<Ws, String> {
     for _ in 0..64 {
         let before = links_per_shard(place.admin_port, &place.peer)?;
-        let ws = dial(target, &load.user, &load.token, Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("dial {}: {e}", load.url))?;
+        let (ws, _) = dial_with_ca(
+            target,
+            &load.user,
+            &load.token,
+            Duration::from_secs(5),
+            load.ca_file.as_deref(),
+        )
+        .await
+        .map_err(|e| format!("dial {}: {e}", load.url))?;
         let after = wait_links(place, |now| now.iter().sum::<f64>() > before.iter().sum()).await?;
         if after.get(place.shard) > before.get(place.shard) {
             return Ok(ws);
@@ -136,9 +144,16 @@ pub async fn run(load: Load, on_measure: impl FnOnce()) -> Result<Outcome, Strin
     for _ in 0..load.links.max(1) {
         let ws = match &load.place {
             Some(place) => dial_placed(&target, &load, place).await?,
-            None => dial(&target, &load.user, &load.token, Duration::from_secs(5))
-                .await
-                .map_err(|e| format!("dial {}: {e}", load.url))?,
+            None => dial_with_ca(
+                &target,
+                &load.user,
+                &load.token,
+                Duration::from_secs(5),
+                load.ca_file.as_deref(),
+            )
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| format!("dial {}: {e}", load.url))?,
         };
         let deadlines = Deadlines::new();
         let cfg = LinkConfig {

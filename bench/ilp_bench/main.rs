@@ -76,6 +76,9 @@ struct Timing {
     /// are inflated (by ~30 % at saturation here): take CPU from a run without it.
     #[arg(long)]
     syscalls: bool,
+    /// Extra CA certificates (PEM) to trust when the target is `wss://`.
+    #[arg(long)]
+    ca_file: Option<String>,
 }
 
 impl Timing {
@@ -105,6 +108,7 @@ impl Timing {
             place: None,
             rate: self.rate,
             count_syscalls: self.syscalls,
+            ca_file: self.ca_file.clone(),
         }
     }
 }
