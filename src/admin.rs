@@ -13,7 +13,7 @@
 //!   …): adds it at runtime (201; 409 if it exists, 400 if invalid);
 //! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -188,6 +188,18 @@ fn route(shared: &NodeShared, req: &mut tiny_http::Request, loopback: bool) -> R
     }
 }
 
+/// Write requests handled at once (each on its own thread, reading its body).
+const MAX_WRITERS: usize = 4;
+
+fn respond(req: tiny_http::Request, (status, ctype, body): Reply) {
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+    if let Ok(h) = header {
+        resp = resp.with_header(h);
+    }
+    let _ = req.respond(resp);
+}
+
 pub struct AdminServer {
     pub port: u16,
     stop: Arc<AtomicBool>,
@@ -205,6 +217,7 @@ impl AdminServer {
         let port = server.server_addr().to_ip().map_or(port, |a| a.port());
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let writers = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("admin-http".into())
             .spawn(move || {
@@ -212,14 +225,33 @@ impl AdminServer {
                     let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let (status, ctype, body) = route(&shared, &mut req, loopback);
-                    let header =
-                        tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
-                    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
-                    if let Ok(h) = header {
-                        resp = resp.with_header(h);
+                    let reads = matches!(
+                        req.method(),
+                        tiny_http::Method::Get | tiny_http::Method::Head
+                    );
+                    if reads {
+                        let reply = route(&shared, &mut req, loopback);
+                        respond(req, reply);
+                        continue;
                     }
-                    let _ = req.respond(resp);
+                    // A write reads a body, which a client may never send: off this thread
+                    // (so /health keeps answering), at most MAX_WRITERS at once.
+                    if writers.fetch_add(1, Ordering::SeqCst) >= MAX_WRITERS {
+                        writers.fetch_sub(1, Ordering::SeqCst);
+                        respond(req, json_error(503, "too many admin writes in progress"));
+                        continue;
+                    }
+                    let (node, done) = (shared.clone(), writers.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("admin-write".into())
+                        .spawn(move || {
+                            let reply = route(&node, &mut req, loopback);
+                            respond(req, reply);
+                            done.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        writers.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             })
             .map_err(|e| e.to_string())?;

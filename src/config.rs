@@ -499,16 +499,6 @@ impl Config {
         if let Some(ca) = &self.tls_ca_file {
             crate::btp::tls::client_config(Some(ca)).map_err(|e| invalid("tlsCaFile", e))?;
         }
-        if self
-            .admin_token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            return Err(invalid(
-                "adminToken",
-                "is empty (from the config, env ADMIN_TOKEN or adminTokenFile)",
-            ));
-        }
         if !matches!(
             self.log_level.as_str(),
             "trace" | "debug" | "info" | "warn" | "error"

@@ -42,29 +42,7 @@ enum Command {
     /// Decode a hex-encoded ILP packet or BTP frame and print its fields.
     Decode { hex: String },
     /// Send Prepares through a node as its child; exit 0 only if every one is fulfilled.
-    Send {
-        /// The node and our account on it: btp+ws://USER:TOKEN@HOST:PORT
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        destination: String,
-        #[arg(long, default_value_t = 1)]
-        amount: u64,
-        /// How many Prepares (more than one prints a summary instead of the answer).
-        #[arg(long, default_value_t = 1)]
-        count: u64,
-        /// Prepares in flight at once.
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 30_000)]
-        expiry_ms: i64,
-        /// Bytes of data in each Prepare (at least 8: the sequence number).
-        #[arg(long, default_value_t = 32)]
-        data_size: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Send(tools::send::Send),
     /// Fulfil Prepares (fulfilment sha256(data); destination hooks reject-XXX, delay-MS), as a
     /// child dialling a node (--url) or as a peer a node dials (--listen).
     Receive {
@@ -121,25 +99,7 @@ fn main() -> ExitCode {
         },
         Command::Demo { packets } => demo(packets),
         Command::Decode { hex } => decode(&hex),
-        Command::Send {
-            url,
-            destination,
-            amount,
-            count,
-            concurrency,
-            expiry_ms,
-            data_size,
-            json,
-        } => ExitCode::from(tools::send::run(tools::send::Send {
-            url,
-            destination,
-            amount,
-            count,
-            concurrency,
-            expiry_ms,
-            data_size,
-            json,
-        })),
+        Command::Send(args) => ExitCode::from(tools::send::run(args)),
         Command::Receive {
             url,
             address_from_ildcp,

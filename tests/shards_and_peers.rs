@@ -355,3 +355,33 @@ fn admin_port_needs_its_token_and_json() {
         204
     );
 }
+
+/// A client that starts a POST and never sends its body does not stop `/health` answering.
+#[test]
+fn stalled_admin_write_does_not_block_health() {
+    use std::io::Write;
+    let node = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nadminToken: admin-secret\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let port = node.admin_port().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"POST /peers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-secret\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            .unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    let status = match ureq::get(&format!("http://127.0.0.1:{port}/health"))
+        .timeout(Duration::from_secs(3))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("/health: {e}"),
+    };
+    assert!([200, 503].contains(&status));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    drop(stalled);
+}

@@ -178,3 +178,37 @@ fn reference_client_over_wss() {
     assert_eq!(out["type"], "ilp_fulfill", "{out}");
     assert_eq!(out["fulfillmentMatches"], true, "{out}");
 }
+
+/// Our node dials the reference listener served over HTTPS (ilp-plugin-btp's
+/// `listener.wsOpts.server`), checking its certificate against `tlsCaFile`.
+#[test]
+fn our_node_dials_the_reference_listener_over_wss() {
+    let pki = Pki::new("jslistener");
+    let (_child, rx) = reference::node_script(
+        "listener.js",
+        &["secret-js", &pki.path("cert.pem"), &pki.path("key.pem")],
+    );
+    let port = reference::next_line(&rx, "listening port")["port"]
+        .as_u64()
+        .expect("port");
+    let a = start(&format!(
+        "nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\ntlsCaFile: {}\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: js, relation: peer, url: \"wss://localhost:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n",
+        pki.path("ca.pem")
+    ));
+    assert!(a.wait_ready(Duration::from_secs(10)));
+    assert!(a.health().peers["js"], "wss link to the JS listener is up");
+    let url = format!("ws://127.0.0.1:{}", a.btp_port());
+    let answer = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-s")
+            .await
+            .unwrap();
+        s.send("test.js.bob", 9, 20_000, b"to the JS listener over TLS")
+            .await
+    })
+    .unwrap();
+    assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");
+    assert_eq!(
+        reference::next_line(&rx, "served line")["served"],
+        "test.js.bob"
+    );
+}

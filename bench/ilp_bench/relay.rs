@@ -11,6 +11,16 @@ use std::time::Duration;
 use async_tungstenite::tungstenite::Message;
 use futures_util::{SinkExt, StreamExt};
 
+/// `host:port` of a `ws://` target.
+fn target_addr(target: &str) -> Option<String> {
+    let url = url::Url::parse(target).ok()?;
+    Some(format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(80)
+    ))
+}
+
 /// Relays every connection on `listener` to `target` (`ws://host:port`) until the process ends.
 pub async fn run(listener: glommio::net::TcpListener, target: String) {
     while let Ok(stream) = listener.accept().await {
@@ -19,14 +29,9 @@ pub async fn run(listener: glommio::net::TcpListener, target: String) {
             let Ok(inbound) = async_tungstenite::accept_async(stream).await else {
                 return;
             };
-            let Ok(url) = url::Url::parse(&target) else {
+            let Some(addr) = target_addr(&target) else {
                 return;
             };
-            let addr = format!(
-                "{}:{}",
-                url.host_str().unwrap_or("127.0.0.1"),
-                url.port().unwrap_or(80)
-            );
             let Ok(Ok(tcp)) = glommio::timer::timeout(Duration::from_secs(5), async {
                 Ok(glommio::net::TcpStream::connect(addr.as_str()).await)
             })
@@ -66,14 +71,9 @@ pub fn run_epoll(target: String) -> Result<(), String> {
                 let Ok(inbound) = async_tungstenite::tokio::accept_async(stream).await else {
                     return;
                 };
-                let Ok(url) = url::Url::parse(&target) else {
+                let Some(addr) = target_addr(&target) else {
                     return;
                 };
-                let addr = format!(
-                    "{}:{}",
-                    url.host_str().unwrap_or("127.0.0.1"),
-                    url.port().unwrap_or(80)
-                );
                 let Ok(Ok(tcp)) = tokio::time::timeout(
                     Duration::from_secs(5),
                     tokio::net::TcpStream::connect(addr.as_str()),

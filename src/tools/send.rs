@@ -15,15 +15,29 @@ use super::{exit, printable};
 use crate::codec::Packet;
 use crate::testkit::{run_local, SenderLink};
 
-#[derive(Debug, Clone)]
+/// The arguments of `ilp-connector send`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Send {
+    /// The node and our account on it: btp+ws://USER:TOKEN@HOST:PORT
+    #[arg(long)]
     pub url: String,
+    #[arg(long)]
     pub destination: String,
+    #[arg(long, default_value_t = 1)]
     pub amount: u64,
+    /// How many Prepares (more than one prints a summary instead of the answer).
+    #[arg(long, default_value_t = 1)]
     pub count: u64,
+    /// Prepares in flight at once.
+    #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    #[arg(long, default_value_t = 30_000)]
     pub expiry_ms: i64,
+    /// Bytes of data in each Prepare (at least 8: the sequence number).
+    #[arg(long, default_value_t = 32)]
     pub data_size: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
