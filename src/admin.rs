@@ -11,7 +11,9 @@
 //! - `GET /routes`: the routing table (`prefix`, `nextHop`; the default route has prefix `""`);
 //! - `POST /peers` with a JSON peer (the YAML peer keys: `id`, `relation`, `url`, `authToken`,
 //!   …): adds it at runtime (201; 409 if it exists, 400 if invalid);
-//! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown).
+//! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown);
+//! - `POST /tls/reload`: re-reads `btpServerTls`'s files (as SIGHUP does; 500 and the old
+//!   certificate kept if they do not load).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::PeerConfig;
-use crate::node::connector::{add_peer, health, remove_peer, NodeShared};
+use crate::node::connector::{add_peer, health, reload_tls, remove_peer, NodeShared};
 use crate::node::metrics;
 use crate::node::peers::PeerError;
 
@@ -177,6 +179,10 @@ fn route(shared: &NodeShared, req: &mut tiny_http::Request, loopback: bool) -> R
         ),
         (tiny_http::Method::Get, "/peers") => peers_json(shared),
         (tiny_http::Method::Get, "/routes") => routes_json(shared),
+        (tiny_http::Method::Post, "/tls/reload") => match reload_tls(shared) {
+            Ok(()) => (200, "application/json", "{}".into()),
+            Err(e) => json_error(500, e),
+        },
         (tiny_http::Method::Post, "/peers") => post_peer(shared, req),
         (tiny_http::Method::Delete, path) if path.starts_with("/peers/") => {
             match remove_peer(shared, &path["/peers/".len()..]) {

@@ -155,6 +155,7 @@ fn run(path: &str, human: bool) -> ExitCode {
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -180,7 +181,13 @@ fn run(path: &str, human: bool) -> ExitCode {
         node.admin_port().map_or("-".into(), |p| p.to_string())
     );
     let mut signals = signals;
-    let _ = signals.forever().next();
+    // SIGHUP re-reads the TLS certificate (rotation without a restart); the others stop.
+    for sig in signals.forever() {
+        if sig != signal_hook::consts::SIGHUP {
+            break;
+        }
+        let _ = node.reload_tls(); // Logged either way.
+    }
     node.stop();
     ExitCode::SUCCESS
 }

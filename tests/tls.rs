@@ -212,3 +212,60 @@ fn our_node_dials_the_reference_listener_over_wss() {
         "test.js.bob"
     );
 }
+
+/// Certificates rotate without a restart: after the files are replaced and the admin port's
+/// `POST /tls/reload` (what SIGHUP does), new connections get the new certificate; files that
+/// do not load leave the old one in use.
+#[test]
+fn certificate_rotates_on_reload() {
+    let old = Pki::new("rot-old");
+    let new = Pki::new("rot-new");
+    let live = Pki::new("rot-live"); // the files the node reads: old's first
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(old.path(f), live.path(f)).unwrap();
+    }
+    let b = start(&format!(
+        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhealthCheckPort: 0\nadminToken: admin-secret\nbtpServerTls: {{certFile: {}, keyFile: {}}}\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n",
+        live.path("cert.pem"),
+        live.path("key.pem")
+    ));
+    let connects_with = |ca: String| {
+        let url = format!("wss://localhost:{}", b.btp_port());
+        run_local(move || async move {
+            ilp_connector::btp::client::dial_with_ca(
+                &parse_url(&url).unwrap(),
+                "a",
+                "secret-ab",
+                Duration::from_secs(3),
+                Some(&ca),
+            )
+            .await
+            .is_ok()
+        })
+    };
+    let reload = || {
+        let url = format!("http://127.0.0.1:{}/tls/reload", b.admin_port().unwrap());
+        match ureq::post(&url)
+            .set("Authorization", "Bearer admin-secret")
+            .set("Content-Type", "application/json")
+            .timeout(Duration::from_secs(5))
+            .send_string("{}")
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(connects_with(old.path("ca.pem")));
+    assert!(!connects_with(new.path("ca.pem")));
+    // A broken key file: refused, the old certificate stays.
+    std::fs::write(live.path("key.pem"), "not a key").unwrap();
+    assert_eq!(reload(), 500);
+    assert!(connects_with(old.path("ca.pem")));
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(new.path(f), live.path(f)).unwrap();
+    }
+    assert_eq!(reload(), 200);
+    assert!(connects_with(new.path("ca.pem")));
+    assert!(!connects_with(old.path("ca.pem")));
+}

@@ -33,8 +33,9 @@ pub struct NodeShared {
     pub config: Config,
     /// Our address and asset (configured, or learned from the parent).
     pub identity: Identity,
-    /// TLS for the BTP port (`btpServerTls`), if it serves `wss`.
-    pub btp_tls: Option<Arc<futures_rustls::rustls::ServerConfig>>,
+    /// TLS for the BTP port (`btpServerTls`), if it serves `wss`; replaced by
+    /// [`reload_tls`] (new connections use the new one, open ones keep theirs).
+    pub btp_tls: arc_swap::ArcSwapOption<futures_rustls::rustls::ServerConfig>,
     pub routing: RoutingTable,
     pub peers: Peers,
     pub metrics: Vec<Arc<ShardMetrics>>,
@@ -139,7 +140,7 @@ impl ConnectorNode {
         };
         let n = config.shard_count();
         let shared = Arc::new(NodeShared {
-            btp_tls,
+            btp_tls: arc_swap::ArcSwapOption::new(btp_tls),
             peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
             link_counters: Arc::default(),
@@ -308,6 +309,11 @@ impl ConnectorNode {
         Ok(node)
     }
 
+    /// See [`reload_tls`].
+    pub fn reload_tls(&self) -> Result<(), String> {
+        reload_tls(&self.shared)
+    }
+
     pub fn btp_port(&self) -> u16 {
         self.btp_port
     }
@@ -442,6 +448,28 @@ pub(crate) fn remove_peer(shared: &NodeShared, id: &str) -> Result<(), PeerError
 fn log_peer_change(shared: &NodeShared, entry: &PeerEntry, event: &str) {
     tracing::info!(nodeId = %shared.config.node_id, component = "peers", event, peer = %entry.id(),
         relation = ?entry.config.relation, url = ?entry.config.url.as_deref().map(crate::config::redact_url));
+}
+
+/// Re-reads `btpServerTls`'s certificate and key (SIGHUP, or `POST /tls/reload`): on success
+/// new connections are served with them; on an error the old ones stay and the error is
+/// returned (and logged).
+pub(crate) fn reload_tls(shared: &NodeShared) -> Result<(), String> {
+    let Some(files) = &shared.config.btp_server_tls else {
+        return Err("no btpServerTls configured".into());
+    };
+    let node = &shared.config.node_id;
+    match crate::btp::tls::server_config(&files.cert_file, &files.key_file) {
+        Ok(c) => {
+            shared.btp_tls.store(Some(c));
+            tracing::info!(nodeId = %node, component = "connector", event = "tls_reloaded", certFile = %files.cert_file);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(nodeId = %node, component = "connector", event = "tls_reload_failed", error = %e,
+                "kept the certificate in use");
+            Err(e)
+        }
+    }
 }
 
 /// Takes the parent's ILDCP answer: the first gives us our address (and our children their

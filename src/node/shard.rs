@@ -378,7 +378,7 @@ impl Shard {
         let auth_timeout = Duration::from_millis(self.node.config.auth_timeout_ms);
         let creds = self.peers.borrow().creds.clone();
         self.unauthenticated.set(self.unauthenticated.get() + 1);
-        let tls = self.node.btp_tls.clone();
+        let tls = self.node.btp_tls.load_full();
         let accepted =
             accept_peer(stream, tls, &creds, auth_timeout, |peer| self.admit(peer)).await;
         self.unauthenticated
