@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
+use crate::btp::auth::Credential;
 use crate::config::PeerConfig;
 use crate::node::connector::{add_peer, health, reload_tls, remove_peer, NodeShared};
 use crate::node::metrics;
@@ -97,24 +95,30 @@ fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
     }
 }
 
+/// GET and HEAD read; everything else writes (and may carry a body).
+fn is_read(method: &tiny_http::Method) -> bool {
+    matches!(method, tiny_http::Method::Get | tiny_http::Method::Head)
+}
+
 /// Whether the request may go on; the refusal otherwise.
-fn authorize(shared: &NodeShared, req: &tiny_http::Request, loopback: bool) -> Result<(), Reply> {
+fn authorize(
+    admin_token: Option<&Credential>,
+    req: &tiny_http::Request,
+    loopback: bool,
+) -> Result<(), Reply> {
     let open = matches!(req.url(), "/health" | "/metrics")
         && matches!(req.method(), tiny_http::Method::Get);
     if open {
         return Ok(());
     }
-    let write = !matches!(
-        req.method(),
-        tiny_http::Method::Get | tiny_http::Method::Head
-    );
+    let write = !is_read(req.method());
     let header = |name: &str| {
         req.headers()
             .iter()
             .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str().to_owned())
     };
-    match &shared.config.admin_token {
+    match &admin_token {
         None if write => {
             return Err(json_error(
                 403,
@@ -132,9 +136,7 @@ fn authorize(shared: &NodeShared, req: &tiny_http::Request, loopback: bool) -> R
             let given = header("Authorization")
                 .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
                 .unwrap_or_default();
-            let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-            let b: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            if !bool::from(a.ct_eq(&b)) {
+            if !token.matches(given.as_bytes()) {
                 return Err(json_error(401, "missing or wrong bearer token"));
             }
         }
@@ -152,8 +154,13 @@ fn authorize(shared: &NodeShared, req: &tiny_http::Request, loopback: bool) -> R
     Ok(())
 }
 
-fn route(shared: &NodeShared, req: &mut tiny_http::Request, loopback: bool) -> Reply {
-    if let Err(refused) = authorize(shared, req, loopback) {
+fn route(
+    shared: &NodeShared,
+    admin_token: Option<&Credential>,
+    req: &mut tiny_http::Request,
+    loopback: bool,
+) -> Reply {
+    if let Err(refused) = authorize(admin_token, req, loopback) {
         return refused;
     }
     let url = req.url().to_owned();
@@ -224,6 +231,12 @@ impl AdminServer {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let writers = Arc::new(AtomicUsize::new(0));
+        // Compared like BTP tokens: constant time over digests.
+        let admin_token = shared
+            .config
+            .admin_token
+            .as_deref()
+            .map(|t| Arc::new(Credential::new("admin", t)));
         let thread = std::thread::Builder::new()
             .name("admin-http".into())
             .spawn(move || {
@@ -231,12 +244,8 @@ impl AdminServer {
                     let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let reads = matches!(
-                        req.method(),
-                        tiny_http::Method::Get | tiny_http::Method::Head
-                    );
-                    if reads {
-                        let reply = route(&shared, &mut req, loopback);
+                    if is_read(req.method()) {
+                        let reply = route(&shared, admin_token.as_deref(), &mut req, loopback);
                         respond(req, reply);
                         continue;
                     }
@@ -247,11 +256,12 @@ impl AdminServer {
                         respond(req, json_error(503, "too many admin writes in progress"));
                         continue;
                     }
-                    let (node, done) = (shared.clone(), writers.clone());
+                    let (node, done, token) =
+                        (shared.clone(), writers.clone(), admin_token.clone());
                     let spawned = std::thread::Builder::new()
                         .name("admin-write".into())
                         .spawn(move || {
-                            let reply = route(&node, &mut req, loopback);
+                            let reply = route(&node, token.as_deref(), &mut req, loopback);
                             respond(req, reply);
                             done.fetch_sub(1, Ordering::SeqCst);
                         });

@@ -129,14 +129,7 @@ impl Fulfiller {
             };
             let _ = tx.send(Ok(()));
             let link = Link::new("connector", LinkConfig::default(), Deadlines::new());
-            let closer = link.clone();
-            glommio::spawn_local(async move {
-                while !stop2.load(Ordering::Relaxed) && closer.is_open() {
-                    glommio::timer::sleep(Duration::from_millis(20)).await;
-                }
-                closer.close();
-            })
-            .detach();
+            close_when_stopped(&link, stop2);
             link::run(ws, link, answer_handler(mode)).await;
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
@@ -191,10 +184,16 @@ pub fn hooks(destination: &[u8]) -> Hooks {
     h
 }
 
-/// The answer of a receiver that knows the test protocol: the hooks' Reject, else the Fulfill
-/// with `sha256(data)`, if that fulfils the Prepare's condition (or `check_condition` is off),
-/// else F05. `triggered_by` names the receiver in its Rejects.
-pub fn receiver_answer(prepare: &Prepare, triggered_by: &[u8], check_condition: bool) -> BytesMut {
+/// The answer of a receiver that knows the test protocol, given the destination's `hooks`:
+/// the hooks' Reject, else the Fulfill with `sha256(data)`, if that fulfils the Prepare's
+/// condition (or `check_condition` is off), else F05. `triggered_by` names the receiver in its
+/// Rejects. Returns the ILP packet and whether it is a Fulfill.
+pub fn receiver_answer(
+    prepare: &Prepare,
+    hooks: &Hooks,
+    triggered_by: &[u8],
+    check_condition: bool,
+) -> (BytesMut, bool) {
     let mut ilp = BytesMut::new();
     let reject = |code: ErrorCode, message: &[u8], ilp: &mut BytesMut| {
         RejectFields {
@@ -205,9 +204,9 @@ pub fn receiver_answer(prepare: &Prepare, triggered_by: &[u8], check_condition: 
         }
         .encode(ilp)
     };
-    if let Some(code) = hooks(prepare.destination()).reject {
+    if let Some(code) = hooks.reject {
         reject(code, b"rejected as the destination asked", &mut ilp);
-        return ilp;
+        return (ilp, false);
     }
     let f: [u8; 32] = Sha256::digest(prepare.data()).into();
     if check_condition && Sha256::digest(f).as_slice() != prepare.execution_condition() {
@@ -216,14 +215,43 @@ pub fn receiver_answer(prepare: &Prepare, triggered_by: &[u8], check_condition: 
             b"cannot fulfil: the condition is not sha256(sha256(data))",
             &mut ilp,
         );
-        return ilp;
+        return (ilp, false);
     }
     FulfillFields {
         fulfillment: &f,
         data: b"",
     }
     .encode(&mut ilp);
-    ilp
+    (ilp, true)
+}
+
+/// Sends `ilp` as the RESPONSE to request `request_id` on `link`, after `wait` (at once if
+/// zero).
+pub fn respond_after(link: Link, request_id: u32, ilp: &[u8], wait: Duration) {
+    let mut frame = BytesMut::new();
+    btp::encode_ilp(&mut frame, BtpType::Response, request_id, ilp);
+    let frame = frame.freeze();
+    if wait.is_zero() {
+        let _ = link.send(frame);
+    } else {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(wait).await;
+            let _ = link.send(frame);
+        })
+        .detach();
+    }
+}
+
+/// Closes `link` once `stop` is set (checked every 20 ms; the task ends with the link).
+pub fn close_when_stopped(link: &Link, stop: Arc<AtomicBool>) {
+    let closer = link.clone();
+    glommio::spawn_local(async move {
+        while !stop.load(Ordering::Relaxed) && closer.is_open() {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        closer.close();
+    })
+    .detach();
 }
 
 fn answer_handler(mode: Mode) -> IncomingHandler {
@@ -234,8 +262,11 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
         let Some(Ok(prepare)) = packet.ilp().map(Prepare::decode) else {
             return;
         };
+        let hooks = hooks(prepare.destination());
         let ilp = match mode {
-            Mode::Fulfill | Mode::Stalls => receiver_answer(&prepare, b"test.fulfiller", false),
+            Mode::Fulfill | Mode::Stalls => {
+                receiver_answer(&prepare, &hooks, b"test.fulfiller", false).0
+            }
             Mode::WrongFulfillment => {
                 let mut f: [u8; 32] = Sha256::digest(prepare.data()).into();
                 f[0] ^= 1;
@@ -259,25 +290,14 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
                 ilp
             }
         };
-        let mut frame = BytesMut::new();
-        btp::encode_ilp(&mut frame, BtpType::Response, packet.request_id(), &ilp);
-        let frame = frame.freeze();
-        let mut wait = hooks(prepare.destination()).delay.unwrap_or_default();
+        let mut wait = hooks.delay.unwrap_or_default();
         let now_ms = Timestamp::now().unix_millis() as u128;
         let phase = (now_ms % STALL_PERIOD.as_millis()) as u64;
         let stall_ms = STALL_LENGTH.as_millis() as u64;
         if mode == Mode::Stalls && phase < stall_ms {
             wait = wait.max(Duration::from_millis(stall_ms - phase));
         }
-        if wait.is_zero() {
-            let _ = link.send(frame);
-        } else {
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(wait).await;
-                let _ = link.send(frame);
-            })
-            .detach();
-        }
+        respond_after(link, packet.request_id(), &ilp, wait);
     })
 }
 

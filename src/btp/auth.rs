@@ -25,7 +25,8 @@ impl Credential {
         }
     }
 
-    fn matches(&self, token: &[u8]) -> bool {
+    /// Whether `token` is this credential's, in constant time.
+    pub(crate) fn matches(&self, token: &[u8]) -> bool {
         let d: [u8; 32] = Sha256::digest(token).into();
         d.ct_eq(&self.token_digest).into()
     }

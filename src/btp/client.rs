@@ -108,24 +108,15 @@ pub async fn dial(
     token: &str,
     timeout: Duration,
 ) -> Result<Ws, LinkError> {
-    dial_negotiated(target, default_user, token, timeout)
+    dial_with_ca(target, default_user, token, timeout, None)
         .await
         .map(|(ws, _)| ws)
 }
 
-/// As [`dial`], also returning how many links the peer said it accepts for our account
-/// (its [`LINKS_ENTRY`](super::server::LINKS_ENTRY) in the auth RESPONSE), if it said.
-pub async fn dial_negotiated(
-    target: &DialTarget,
-    default_user: &str,
-    token: &str,
-    timeout: Duration,
-) -> Result<(Ws, Option<usize>), LinkError> {
-    dial_with_ca(target, default_user, token, timeout, None).await
-}
-
-/// As [`dial_negotiated`]; a `wss` target's certificate is checked against the system roots
-/// and the certificates in `ca_file` (PEM).
+/// As [`dial`], also returning how many links the peer said it accepts for our account (its
+/// [`LINKS_ENTRY`](super::server::LINKS_ENTRY) in the auth RESPONSE), if it said; a `wss`
+/// target's certificate is checked against the system roots and the certificates in
+/// `ca_file` (PEM).
 pub async fn dial_with_ca(
     target: &DialTarget,
     default_user: &str,

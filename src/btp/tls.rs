@@ -77,14 +77,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The certificates of a PEM file: at least one, or an error naming the file.
+fn read_certs(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("{file}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{file}: no certificate in it"));
+    }
+    Ok(certs)
+}
+
 /// The server side from a PEM certificate chain and a PEM private key.
 pub fn server_config(cert_file: &str, key_file: &str) -> Result<Arc<ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("{cert_file}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{cert_file}: no certificate in it"));
-    }
+    let certs = read_certs(cert_file)?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{key_file}: {e}"))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -110,13 +116,7 @@ pub fn client_config(ca_file: Option<&str>) -> Result<Arc<ClientConfig>, String>
         let _ = roots.add(cert);
     }
     if let Some(file) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-            .and_then(|i| i.collect::<Result<_, _>>())
-            .map_err(|e| format!("{file}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("{file}: no certificate in it"));
-        }
-        for c in certs {
+        for c in read_certs(file)? {
             roots.add(c).map_err(|e| format!("{file}: {e}"))?;
         }
     }

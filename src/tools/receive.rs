@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-
 use super::exit;
 use crate::btp::auth::Credential;
 use crate::btp::client::{dial, parse_url};
@@ -19,10 +17,9 @@ use crate::btp::deadlines::Deadlines;
 use crate::btp::link::{self, Link, LinkConfig};
 use crate::btp::server::{accept_peer, admit_all};
 use crate::btp::IncomingHandler;
-use crate::codec::btp::{self as btpc, BtpType};
-use crate::codec::{Packet, Prepare};
+use crate::codec::Prepare;
 use crate::node::identity;
-use crate::testkit::{hooks, receiver_answer, run_local};
+use crate::testkit::{close_when_stopped, hooks, receiver_answer, respond_after, run_local};
 
 #[derive(Debug, Clone)]
 pub enum Receive {
@@ -51,8 +48,8 @@ fn handler(address: Rc<RefCell<Vec<u8>>>, counts: Rc<Counts>) -> IncomingHandler
         let Some(Ok(prepare)) = packet.ilp().map(Prepare::decode) else {
             return;
         };
-        let ilp = receiver_answer(&prepare, &address.borrow(), true);
-        let fulfilled = matches!(Packet::decode(ilp.clone().freeze()), Ok(Packet::Fulfill(_)));
+        let hooks = hooks(prepare.destination());
+        let (ilp, fulfilled) = receiver_answer(&prepare, &hooks, &address.borrow(), true);
         let c = if fulfilled {
             &counts.fulfilled
         } else {
@@ -61,21 +58,12 @@ fn handler(address: Rc<RefCell<Vec<u8>>>, counts: Rc<Counts>) -> IncomingHandler
         c.set(c.get() + 1);
         tracing::debug!(component = "receive", event = "packet", destination = %prepare.destination_str(),
             amount = prepare.amount(), fulfilled);
-        let mut frame = BytesMut::new();
-        btpc::encode_ilp(&mut frame, BtpType::Response, packet.request_id(), &ilp);
-        let frame = frame.freeze();
-        match hooks(prepare.destination()).delay {
-            Some(wait) => {
-                glommio::spawn_local(async move {
-                    glommio::timer::sleep(wait).await;
-                    let _ = link.send(frame);
-                })
-                .detach();
-            }
-            None => {
-                let _ = link.send(frame);
-            }
-        }
+        respond_after(
+            link,
+            packet.request_id(),
+            &ilp,
+            hooks.delay.unwrap_or_default(),
+        );
     })
 }
 
@@ -134,14 +122,7 @@ async fn serve_link(
     handler: IncomingHandler,
     stop: Arc<AtomicBool>,
 ) {
-    let closer = link.clone();
-    glommio::spawn_local(async move {
-        while !stop.load(Ordering::Relaxed) && closer.is_open() {
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
-        closer.close();
-    })
-    .detach();
+    close_when_stopped(&link, stop);
     link::run(ws, link, handler).await;
 }
 
