@@ -13,7 +13,13 @@
 //!   …): adds it at runtime (201; 409 if it exists, 400 if invalid);
 //! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown);
 //! - `POST /tls/reload`: re-reads `btpServerTls`'s files (as SIGHUP does; 500 and the old
-//!   certificate kept if they do not load).
+//!   certificate kept if they do not load);
+//! - `GET /accounts`, `GET /accounts/<id>`: each peer's asset, `maxPacketAmount` and, when
+//!   accounted, balance, reserved amounts, limits and the settlement flag (amounts as
+//!   strings: they may exceed 2^53);
+//! - `POST /accounts/<id>/settlements` with `{"amount": "<signed integer>",
+//!   "idempotencyKey": "…"}`: adds `amount` to the balance once per key, journaled first
+//!   (200 with the balance; `"duplicate": true` when the key was seen).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -74,6 +80,93 @@ fn routes_json(shared: &NodeShared) -> Reply {
         "application/json",
         serde_json::Value::from(list).to_string(),
     )
+}
+
+fn account_json(shared: &NodeShared, p: &PeerConfig) -> serde_json::Value {
+    let own = shared.identity.get();
+    let asset = shared.config.peer_asset(p).or_else(|| {
+        own.map(|o| crate::accounts::convert::Asset {
+            code: o.asset_code.clone(),
+            scale: o.asset_scale,
+        })
+    });
+    let mut v = serde_json::json!({
+        "id": p.id,
+        "assetCode": asset.as_ref().map(|a| a.code.clone()),
+        "assetScale": asset.as_ref().map(|a| a.scale),
+        "maxPacketAmount": p.max_packet_amount().map(|m| m.to_string()),
+        "accounted": false,
+    });
+    if let Some(a) = shared.book.get(&p.id) {
+        let s = |v: Option<i64>| v.map(|v| v.to_string());
+        v["accounted"] = true.into();
+        v["balance"] = a.balance().to_string().into();
+        v["reservedIn"] = a.reserved_in().to_string().into();
+        v["reservedOut"] = a.reserved_out().to_string().into();
+        v["minimum"] = s(a.limits.minimum).into();
+        v["maximum"] = s(a.limits.maximum).into();
+        v["settleThreshold"] = s(a.limits.settle_threshold).into();
+        v["settleTo"] = s(a.limits.settle_to).into();
+        v["needsSettlement"] = a.needs_settlement().into();
+    }
+    v
+}
+
+fn accounts_json(shared: &NodeShared, id: Option<&str>) -> Reply {
+    let peers = shared.peers.list();
+    let body = match id {
+        None => serde_json::Value::from(
+            peers
+                .iter()
+                .map(|p| account_json(shared, &p.config))
+                .collect::<Vec<_>>(),
+        ),
+        Some(id) => match peers.iter().find(|p| p.id() == id) {
+            Some(p) => account_json(shared, &p.config),
+            None => return json_error(404, format!("no peer {id:?}")),
+        },
+    };
+    (200, "application/json", body.to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Settlement {
+    amount: crate::accounts::settings::Int,
+    idempotency_key: String,
+}
+
+fn post_settlement(shared: &NodeShared, id: &str, req: &mut tiny_http::Request) -> Reply {
+    let mut body = String::new();
+    if let Err(e) = req.as_reader().take(MAX_BODY).read_to_string(&mut body) {
+        return json_error(400, format!("cannot read body: {e}"));
+    }
+    let s: Settlement = match serde_json::from_str(&body) {
+        Ok(s) => s,
+        Err(e) => return json_error(400, format!("invalid settlement: {e}")),
+    };
+    let Ok(amount) = i64::try_from(s.amount.0) else {
+        return json_error(400, "amount is outside ±2^63");
+    };
+    use crate::accounts::{SettleError, Settled};
+    match shared.book.settle(id, amount, &s.idempotency_key) {
+        Ok(Settled::Applied { balance }) => (
+            200,
+            "application/json",
+            serde_json::json!({ "balance": balance.to_string(), "duplicate": false }).to_string(),
+        ),
+        Ok(Settled::Duplicate { balance }) => (
+            200,
+            "application/json",
+            serde_json::json!({ "balance": balance.to_string(), "duplicate": true }).to_string(),
+        ),
+        Err(e @ SettleError::UnknownPeer(_)) => json_error(404, e),
+        Err(e @ SettleError::Invalid(_)) => json_error(400, e),
+        Err(e @ SettleError::Journal(_)) => {
+            tracing::error!(nodeId = %shared.config.node_id, component = "accounts", event = "settlement_not_journaled", error = %e);
+            json_error(500, e)
+        }
+    }
 }
 
 fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
@@ -182,8 +275,19 @@ fn route(
                 &shared.link_counters,
                 &shared.peers,
                 &shared.identity,
+                &shared.book,
             ),
         ),
+        (tiny_http::Method::Get, "/accounts") => accounts_json(shared, None),
+        (tiny_http::Method::Get, path) if path.starts_with("/accounts/") => {
+            accounts_json(shared, Some(&path["/accounts/".len()..]))
+        }
+        (tiny_http::Method::Post, path)
+            if path.starts_with("/accounts/") && path.ends_with("/settlements") =>
+        {
+            let id = &path["/accounts/".len()..path.len() - "/settlements".len()];
+            post_settlement(shared, id, req)
+        }
         (tiny_http::Method::Get, "/peers") => peers_json(shared),
         (tiny_http::Method::Get, "/routes") => routes_json(shared),
         (tiny_http::Method::Post, "/tls/reload") => match reload_tls(shared) {

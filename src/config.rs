@@ -6,6 +6,10 @@
 
 use serde::Deserialize;
 
+use crate::accounts::convert::{
+    Asset, Decimal, Factor, DEFAULT_ASSET_CODE, DEFAULT_ASSET_SCALE, MAX_SCALE,
+};
+use crate::accounts::settings::{BalanceConfig, Dec, Int, JournalConfig, Rates};
 use crate::codec::Address;
 use crate::routing::Route;
 
@@ -61,6 +65,12 @@ pub struct PeerConfig {
     /// per shard when the peer's auth answer says it accepts several) or a fixed count.
     #[serde(default)]
     pub links: Links,
+    /// Largest amount accepted in one Prepare from this peer (its units): above it, F08.
+    #[serde(default)]
+    pub max_packet_amount: Option<Int>,
+    /// Balance limits (see `accounts`); absent: the peer is not accounted (unlimited).
+    #[serde(default)]
+    pub balance: Option<BalanceConfig>,
 }
 
 /// How many links to keep to a dialled peer (see [`PeerConfig::links`]).
@@ -166,7 +176,31 @@ impl PeerConfig {
                 ),
             ));
         }
+        if let Some(Int(m)) = self.max_packet_amount {
+            if u64::try_from(m).is_err() {
+                return Err(invalid(
+                    format!("{key}.maxPacketAmount"),
+                    format!("{m} is not an amount (0 to 2^64 − 1)"),
+                ));
+            }
+        }
+        if let Some(b) = &self.balance {
+            b.limits()
+                .map_err(|e| invalid(format!("{key}.balance"), e))?;
+        }
+        if self.asset_scale.is_some_and(|s| s > MAX_SCALE) {
+            return Err(invalid(
+                format!("{key}.assetScale"),
+                format!("at most {MAX_SCALE}"),
+            ));
+        }
         Ok(())
+    }
+
+    /// `maxPacketAmount` as an amount (checked by `validate`).
+    pub fn max_packet_amount(&self) -> Option<u64> {
+        self.max_packet_amount
+            .and_then(|Int(m)| u64::try_from(m).ok())
     }
 }
 
@@ -313,6 +347,21 @@ pub struct Config {
     /// connections are closed before the handshake until that minute ends.
     #[serde(default = "d_max_auth_failures")]
     pub max_auth_failures_per_ip: u32,
+    /// Our asset, and every peer's unless it has its own (default: learned from the parent,
+    /// else XRP with scale 9).
+    #[serde(default)]
+    pub asset_code: Option<String>,
+    #[serde(default)]
+    pub asset_scale: Option<u8>,
+    /// Value of one unit of each asset code in a common base, for peers in different assets.
+    #[serde(default)]
+    pub rates: Rates,
+    /// Share of the converted amount the connector keeps between different assets (0 ≤ s < 1).
+    #[serde(default)]
+    pub spread: Option<Dec>,
+    /// Where balances are journaled; required when a peer has `balance`.
+    #[serde(default)]
+    pub journal: Option<JournalConfig>,
 }
 
 fn default_log_level() -> String {
@@ -546,6 +595,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_accounts()?;
         if self.reconnect_backoff_ms.is_empty() {
             return Err(invalid(
                 "reconnectBackoffMs",
@@ -576,6 +626,78 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Accounting: `spread` below 1, scales in range, a journal when any peer has a
+    /// balance, and a rate for every pair of different assets a packet could cross.
+    fn validate_accounts(&self) -> Result<(), ConfigError> {
+        let spread = self.spread();
+        if !spread.below_one() {
+            return Err(invalid("spread", "must be at least 0 and below 1"));
+        }
+        if self.asset_scale.is_some_and(|s| s > MAX_SCALE) {
+            return Err(invalid("assetScale", format!("at most {MAX_SCALE}")));
+        }
+        if self.journal.is_none() {
+            if let Some(p) = self.peers.iter().find(|p| p.balance.is_some()) {
+                return Err(invalid(
+                    "journal.dir",
+                    format!(
+                        "peer {:?} has a balance: set journal.dir, where balances are kept across restarts",
+                        p.id
+                    ),
+                ));
+            }
+        }
+        if let Some(j) = &self.journal {
+            if j.dir.trim().is_empty() {
+                return Err(invalid("journal.dir", "must not be empty"));
+            }
+            if j.sync_interval_ms == 0 {
+                return Err(invalid("journal.syncIntervalMs", "must be positive"));
+            }
+        }
+        let rates: std::collections::BTreeMap<String, Decimal> = self
+            .rates
+            .iter()
+            .map(|(k, Dec(v))| (k.clone(), *v))
+            .collect();
+        let assets: Vec<(&str, Asset)> = self
+            .peers
+            .iter()
+            .filter_map(|p| self.peer_asset(p).map(|a| (p.id.as_str(), a)))
+            .collect();
+        for (i, (a, x)) in assets.iter().enumerate() {
+            for (b, y) in &assets[i + 1..] {
+                for (from, to) in [(x, y), (y, x)] {
+                    Factor::between(from, to, &rates, spread)
+                        .map_err(|e| invalid("rates", format!("peers {a:?} and {b:?}: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connector's spread (0 when not set).
+    pub fn spread(&self) -> Decimal {
+        self.spread.map_or(Decimal::ZERO, |Dec(d)| d)
+    }
+
+    /// A peer's asset as far as the config says: its own, else the node's `assetCode` /
+    /// `assetScale`, else (with a configured `ilpAddress`) XRP with scale 9. `None` while
+    /// it depends on what the parent tells us by ILDCP.
+    pub fn peer_asset(&self, p: &PeerConfig) -> Option<Asset> {
+        let learned = self.ilp_address.is_none();
+        let code = p.asset_code.clone().or_else(|| self.asset_code.clone());
+        let scale = p.asset_scale.or(self.asset_scale);
+        match (code, scale) {
+            (Some(code), Some(scale)) => Some(Asset { code, scale }),
+            _ if learned => None,
+            (code, scale) => Some(Asset {
+                code: code.unwrap_or_else(|| DEFAULT_ASSET_CODE.into()),
+                scale: scale.unwrap_or(DEFAULT_ASSET_SCALE),
+            }),
+        }
     }
 
     pub fn shard_count(&self) -> usize {

@@ -1,6 +1,7 @@
 //! A thread-per-core ILPv4 connector peering over BTP 2.0.
 //!
 //! Layout: [`codec`] holds the pure wire formats (OER, ILP, BTP, addresses).
+pub mod accounts;
 pub mod admin;
 pub mod btp;
 pub mod codec;

@@ -169,7 +169,10 @@ fn run(path: &str, human: bool) -> ExitCode {
             eprintln!("error: {e}");
             // A port that is taken is a configuration problem, like a bad config file.
             let code = match e {
-                StartError::Bind { .. } | StartError::Admin { .. } | StartError::Config(_) => 2,
+                StartError::Bind { .. }
+                | StartError::Admin { .. }
+                | StartError::Config(_)
+                | StartError::Journal(_) => 2,
                 StartError::Executor(_) => 1,
             };
             return ExitCode::from(code);

@@ -4,30 +4,15 @@
 //! (`BTP_SERVER_PORT=0`, `healthCheckPort: 0`, the dialled URLs rewritten), nothing else.
 //! Also: a bad config gets a one-line error and exit code 2.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use ilp_connector::codec::Packet;
 use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ilp-connector");
-
-struct Proc {
-    child: Child,
-    btp_port: u16,
-    admin_port: u16,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/process.rs"]
+mod process;
+use process::{stop, wait_for, Proc, BIN};
 
 fn scratch_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ilp-multi-process-{}", std::process::id()));
@@ -45,91 +30,11 @@ fn spawn(name: &str, edits: &[(&str, String)]) -> Proc {
     }
     let path = scratch_dir().join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("BTP_SERVER_PORT", "0")
-        .env("LOG_LEVEL", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut err_pipe = child.stderr.take().unwrap();
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = err_pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    // "listening: btp port X, admin port Y" on stdout.
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            panic!(
-                "{name} printed no listening line: {}",
-                stderr.lock().unwrap()
-            )
-        });
-    let nums: Vec<u16> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(nums.len(), 2, "unexpected line from {name}: {line}");
-    Proc {
-        child,
-        btp_port: nums[0],
-        admin_port: nums[1],
-        stderr,
-    }
+    process::start(&path, &[("BTP_SERVER_PORT", "0"), ("LOG_LEVEL", "debug")])
 }
 
 fn health(admin_port: u16) -> Option<serde_json::Value> {
-    let url = format!("http://127.0.0.1:{admin_port}/health");
-    let r = ureq::get(&url)
-        .timeout(Duration::from_secs(2))
-        .call()
-        .ok()?;
-    serde_json::from_str(&r.into_string().ok()?).ok()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stop(mut p: Proc, name: &str) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status();
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{name} exited with {status} after SIGTERM"
-            );
-            return;
-        }
-        assert!(Instant::now() < until, "{name} did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process::admin_get(admin_port, "/health")
 }
 
 #[test]

@@ -190,6 +190,8 @@ fn peers_added_and_removed_at_runtime() {
         asset_code: None,
         asset_scale: None,
         links: Default::default(),
+        max_packet_amount: None,
+        balance: None,
     })
     .unwrap();
     let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();

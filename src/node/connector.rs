@@ -24,6 +24,7 @@ use super::identity::{Identity, Learned, Own, DEFAULT_ASSET_CODE, DEFAULT_ASSET_
 use super::metrics::ShardMetrics;
 use super::peers::{PeerEntry, PeerError, Peers};
 use super::shard::{Handoff, Shard};
+use crate::accounts::Book;
 use crate::btp::link::LinkCounters;
 use crate::codec::Address;
 use crate::config::{Config, PeerConfig, Relation};
@@ -31,6 +32,8 @@ use crate::routing::RoutingTable;
 
 pub struct NodeShared {
     pub config: Config,
+    /// Accounted peers: balances, limits, journal (see `crate::accounts`).
+    pub book: Book,
     /// Our address and asset (configured, or learned from the parent).
     pub identity: Identity,
     /// TLS for the BTP port (`btpServerTls`), if it serves `wss`; replaced by
@@ -56,6 +59,8 @@ pub enum StartError {
     Bind { port: u16, reason: String },
     #[error("cannot bind admin port {port}: {reason}")]
     Admin { port: u16, reason: String },
+    #[error("cannot open the balance journal: {0}")]
+    Journal(String),
 }
 
 /// Health as `/health` reports it.
@@ -97,8 +102,11 @@ impl ConnectorNode {
         let identity = match (&config.ilp_address, &parent) {
             (Some(a), _) => Identity::configured(Own {
                 address: Address::new(a.clone()).map_err(|e| StartError::Config(e.to_string()))?,
-                asset_code: DEFAULT_ASSET_CODE.into(),
-                asset_scale: DEFAULT_ASSET_SCALE,
+                asset_code: config
+                    .asset_code
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_ASSET_CODE.into()),
+                asset_scale: config.asset_scale.unwrap_or(DEFAULT_ASSET_SCALE),
             }),
             (None, Some(p)) => Identity::from_parent(p),
             (None, None) => return Err(StartError::Config("ilpAddress missing".into())),
@@ -139,7 +147,10 @@ impl ConnectorNode {
             None => None,
         };
         let n = config.shard_count();
+        let book = Book::open(&config, n).map_err(|e| StartError::Journal(e.to_string()))?;
+        log_accounts(&config, &book);
         let shared = Arc::new(NodeShared {
+            book,
             btp_tls: arc_swap::ArcSwapOption::new(btp_tls),
             peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
@@ -418,6 +429,14 @@ const PEER_CHANGE_BOUND: Duration = Duration::from_secs(1);
 /// Adds a peer (returns once every shard knows, bounded): shards start dialling it (if it has a `url`) or accept its token; a child
 /// gets the route `<our address>.<id>`.
 pub(crate) fn add_peer(shared: &NodeShared, peer: PeerConfig) -> Result<(), PeerError> {
+    if peer.balance.is_some() {
+        // Balances are recovered from the journal at start, for the peers configured then.
+        return Err(PeerError::Invalid(crate::config::ConfigError::Invalid {
+            key: "balance".into(),
+            reason: "balance limits are set at start: add the peer to the config file and restart"
+                .into(),
+        }));
+    }
     let entry = shared.peers.add(peer)?;
     // Without our address yet, the route is added when it is learned.
     if let (Relation::Child, Some(address)) = (entry.config.relation, shared.identity.address()) {
@@ -443,6 +462,24 @@ pub(crate) fn remove_peer(shared: &NodeShared, id: &str) -> Result<(), PeerError
     log_peer_change(shared, &entry, "peer_removed");
     shared.peers.wait_applied(PEER_CHANGE_BOUND);
     Ok(())
+}
+
+/// Logs once at start what is accounted and what is not.
+fn log_accounts(config: &Config, book: &Book) {
+    for a in &book.accounts {
+        tracing::info!(nodeId = %config.node_id, component = "accounts", event = "account_opened", peer = %a.id,
+            balance = a.balance(), minimum = ?a.limits.minimum, maximum = ?a.limits.maximum);
+    }
+    let unlimited: Vec<&str> = config
+        .peers
+        .iter()
+        .filter(|p| p.balance.is_none())
+        .map(|p| p.id.as_str())
+        .collect();
+    if !unlimited.is_empty() {
+        tracing::info!(nodeId = %config.node_id, component = "accounts", event = "peers_unlimited", peers = ?unlimited,
+            "these peers have no balance limits (no `balance` in the config)");
+    }
 }
 
 fn log_peer_change(shared: &NodeShared, entry: &PeerEntry, event: &str) {

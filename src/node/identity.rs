@@ -16,9 +16,7 @@ use crate::codec::btp::{self as btpc, BtpType};
 use crate::codec::ildcp::{IldcpResponse, ILDCP_DESTINATION, PEER_PROTOCOL_CONDITION};
 use crate::codec::{Address, Packet, PrepareFields, Timestamp};
 
-/// The asset of a node (and of its children) when nothing says otherwise.
-pub const DEFAULT_ASSET_CODE: &str = "XRP";
-pub const DEFAULT_ASSET_SCALE: u8 = 9;
+pub use crate::accounts::convert::{DEFAULT_ASSET_CODE, DEFAULT_ASSET_SCALE};
 
 /// Our address and asset.
 #[derive(Debug, Clone, PartialEq, Eq)]

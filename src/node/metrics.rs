@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::identity::Identity;
 use super::peers::Peers;
+use crate::accounts::Book;
 use crate::btp::link::LinkCounters;
 use crate::codec::ErrorCode;
 
@@ -72,6 +73,7 @@ pub fn render(
     links: &LinkCounters,
     peers: &Peers,
     identity: &Identity,
+    book: &Book,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -177,5 +179,70 @@ pub fn render(
         sum(&|m| m.latency_sum_us.load(Relaxed)) as f64 / 1e6
     );
     let _ = writeln!(s, "ilp_packet_latency_seconds_count {cumulative}");
+    render_accounts(&mut s, book);
     s
+}
+
+/// Per accounted peer (never per address): balance, reservations, settlement flag, rejects.
+fn render_accounts(s: &mut String, book: &Book) {
+    if book.accounts.is_empty() {
+        return;
+    }
+    let gauge = |s: &mut String, name: &str, help: &str| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    gauge(
+        s,
+        "ilp_account_balance",
+        "What the peer owes us, in its units.",
+    );
+    for a in &book.accounts {
+        let _ = writeln!(
+            s,
+            "ilp_account_balance{{peer=\"{}\"}} {}",
+            a.id,
+            a.balance()
+        );
+    }
+    gauge(
+        s,
+        "ilp_account_reserved",
+        "Amounts reserved by Prepares in flight, from the peer (in) and to it (out).",
+    );
+    for a in &book.accounts {
+        for (dir, v) in [("in", a.reserved_in()), ("out", a.reserved_out())] {
+            let _ = writeln!(
+                s,
+                "ilp_account_reserved{{peer=\"{}\",direction=\"{dir}\"}} {v}",
+                a.id
+            );
+        }
+    }
+    gauge(
+        s,
+        "ilp_account_settlement_needed",
+        "1 when the balance is at or below settleThreshold.",
+    );
+    for a in &book.accounts {
+        let _ = writeln!(
+            s,
+            "ilp_account_settlement_needed{{peer=\"{}\"}} {}",
+            a.id,
+            u8::from(a.needs_settlement())
+        );
+    }
+    s.push_str("# HELP ilp_account_rejects_total Prepares from the peer that were rejected, by code.\n# TYPE ilp_account_rejects_total counter\n");
+    for a in &book.accounts {
+        for i in 0..=N_CODES {
+            let n: u64 = a.shards.iter().map(|x| x.rejected[i].load(Relaxed)).sum();
+            if n > 0 {
+                let code = ErrorCode::ALL.get(i).map_or("other", |c| c.as_str());
+                let _ = writeln!(
+                    s,
+                    "ilp_account_rejects_total{{peer=\"{}\",code=\"{code}\"}} {n}",
+                    a.id
+                );
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! the parent by ILDCP) and the node's lifecycle ([`connector`]: start, stop, health,
 //! runtime add/remove of peers).
 
+pub mod accounting;
 pub mod connector;
 pub mod identity;
 pub mod metrics;

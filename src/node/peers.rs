@@ -235,6 +235,8 @@ mod tests {
             asset_code: None,
             asset_scale: None,
             links: Default::default(),
+            max_packet_amount: None,
+            balance: None,
         }
     }
 

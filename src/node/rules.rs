@@ -43,6 +43,8 @@ impl Timing {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
+    /// The Reject's `data` (e.g. F08's amounts); usually empty.
+    pub data: Bytes,
 }
 
 impl Refusal {
@@ -50,7 +52,12 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            data: Bytes::new(),
         }
+    }
+
+    pub fn with_data(self, data: Bytes) -> Self {
+        Refusal { data, ..self }
     }
 
     /// Encodes the Reject with `triggeredBy` = our address.
@@ -59,7 +66,7 @@ impl Refusal {
             code: self.code,
             triggered_by: our_address,
             message: self.message.as_bytes(),
-            data: &[],
+            data: &self.data,
         }
         .to_bytes()
     }

@@ -34,6 +34,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::accounting::ShardAccounts;
 use super::connector::NodeShared;
 use super::metrics::ShardMetrics;
 use super::peers::PeerEntry;
@@ -122,6 +123,8 @@ pub struct Shard {
     unauthenticated: Cell<usize>,
     /// Failed logins per remote address.
     auth_throttle: RefCell<AuthThrottle>,
+    /// Amounts, limits and balances (see `accounting`).
+    accounts: Rc<ShardAccounts>,
 }
 
 impl Shard {
@@ -163,6 +166,7 @@ impl Shard {
                     queued: Cell::new(0),
                 }
             },
+            accounts: Rc::new(ShardAccounts::new(node.clone(), index)),
             node,
             peer_load: RefCell::new(HashMap::new()),
             unauthenticated: Cell::new(0),
@@ -180,6 +184,7 @@ impl Shard {
             return;
         }
         let all = self.node.peers.list();
+        self.accounts.peers_changed();
         let mut view = self.peers.borrow_mut();
         view.generation = Some(generation);
         view.creds = Rc::new(
@@ -299,11 +304,15 @@ impl Shard {
                 .detach();
             }
         }
+        let accounts = glommio::spawn_local(self.accounts.clone().run());
         let me = self.clone();
         let accept = glommio::spawn_local(async move { me.accept_loop(listener).await });
         self.until_stopping().await;
         accept.await;
         self.drain().await;
+        // Every Prepare is answered: the journal writes what is left and ends.
+        self.accounts.finish();
+        accounts.await;
     }
 
     /// The graceful stop (see the module doc). New Prepares are already refused (T03) by
@@ -691,6 +700,9 @@ impl Shard {
         };
         let latency_us = started.elapsed().as_micros() as u64;
         self.metrics.packet_done(answer.reject, latency_us);
+        if let Some(code) = answer.reject {
+            self.accounts.count_reject(source, code);
+        }
         if let Some(c) = &cid {
             tracing::debug!(nodeId = %self.node.config.node_id, component = "handler", event = "packet_response",
                 correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = answer.reject.as_ref().map_or("fulfilled", ErrorCode::as_str),
@@ -786,6 +798,13 @@ impl Shard {
                 "route loops back to the sender",
             ));
         }
+        // Amount checks, conversion and both balance reservations, before anything goes out;
+        // released when `reserved` is dropped on any path below unless committed.
+        let reserved = match self.accounts.reserve(source, &next_hop, prepare.amount()) {
+            Ok(r) => r,
+            Err(r) => return self.refuse(r),
+        };
+        let out_amount = reserved.out_amount;
         // A link on this shard, else the shard that has one, else T01 now.
         let via = match self.pick_link(&next_hop) {
             Some(link) => Ok(link),
@@ -828,7 +847,7 @@ impl Shard {
             None => btpc::encode(&mut frame, 0, BtpBody::Message, &[ilp_entry]),
         }
         let at = frame.len() - prepare_bytes.len();
-        if rewrite_prepare(&mut frame[at..], prepare.amount(), expires_at).is_err() {
+        if rewrite_prepare(&mut frame[at..], out_amount, expires_at).is_err() {
             return self.refuse(Refusal::new(
                 ErrorCode::T00_INTERNAL_ERROR,
                 "cannot rewrite Prepare",
@@ -843,9 +862,9 @@ impl Shard {
             tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_forwarded", correlationId = %c, next_hop = %next_hop, expires_at = %expires_at);
         }
         let result = match via {
-            Ok(link) => link.request_until(frame, deadline, prepare.amount()).await,
+            Ok(link) => link.request_until(frame, deadline, out_amount).await,
             Err(shard) => {
-                self.hand_over(shard, next_hop, frame, deadline, prepare.amount())
+                self.hand_over(shard, next_hop, frame, deadline, out_amount)
                     .await
             }
         };
@@ -853,10 +872,15 @@ impl Shard {
             Ok(resp) => match resp.ilp().map(Packet::decode) {
                 Some(Ok(Packet::Fulfill(f))) => {
                     match rules::check_fulfill(prepare.execution_condition(), &f) {
-                        Ok(()) => Answer {
-                            ilp: f.into_bytes(),
-                            reject: None,
-                        },
+                        Ok(()) => {
+                            if let Some(seq) = reserved.commit() {
+                                self.until_durable(seq, prepare.expires_at()).await;
+                            }
+                            Answer {
+                                ilp: f.into_bytes(),
+                                reject: None,
+                            }
+                        }
                         Err(r) => self.refuse(r),
                     }
                 }
@@ -874,6 +898,26 @@ impl Shard {
                 Timestamp::now(),
                 expires_at,
             )),
+        }
+    }
+}
+
+impl Shard {
+    /// Strict durability: holds a Fulfill until its balance change is on disk, at most
+    /// until the incoming Prepare expires (then it goes anyway, logged: the next hop has
+    /// been paid, so withholding the Fulfill would only lose the money).
+    async fn until_durable(&self, seq: u64, expires: Timestamp) {
+        if !self.accounts.strict() {
+            return;
+        }
+        let left = (expires.unix_millis() - Timestamp::now().unix_millis()).max(0) as u64;
+        if !self
+            .accounts
+            .durable(seq, Duration::from_millis(left))
+            .await
+        {
+            tracing::error!(nodeId = %self.node.config.node_id, component = "accounts", event = "journal_too_slow",
+                "a Fulfill went upstream before its balance change was durable");
         }
     }
 }

@@ -1,0 +1,225 @@
+//! Accounts end to end, with the built binary as a separate process: limits that hold under
+//! concurrency, F08 with its data, amounts converted into the next hop's scale, balances
+//! that survive `kill -9` (strict durability), and settlements applied once per key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ilp_connector::codec::{ErrorCode, Packet};
+use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+
+#[path = "support/process.rs"]
+mod process;
+use process::{admin_get, wait_for, Proc};
+
+const ADMIN_TOKEN: &str = "admin-secret-for-accounts";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ilp-accounts-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A node whose child `sender` may owe at most `maximum` (XRP, scale 9) and whose peer
+/// `receiver` (the fulfiller, scale 11) may be owed up to 10^9 by us.
+fn write_config(dir: &Path, fulfiller_port: u16, maximum: u64, extra: &str) -> PathBuf {
+    let yaml = format!(
+        r#"nodeId: acct
+ilpAddress: test.acct
+btpServerPort: 0
+healthCheckPort: 0
+adminToken: {ADMIN_TOKEN}
+journal:
+  dir: {journal}
+{extra}
+peers:
+  - id: sender
+    relation: child
+    authToken: sender-token
+    maxPacketAmount: 500
+    balance: {{ maximum: {maximum}, minimum: -1000, settleThreshold: -500, settleTo: 0 }}
+  - id: receiver
+    relation: peer
+    url: ws://connector:fulfil-token@127.0.0.1:{fulfiller_port}
+    assetScale: 11
+    balance: {{ minimum: "-1000000000" }}
+routes:
+  - prefix: test.receiver
+    nextHop: receiver
+"#,
+        journal = dir.join("journal").display()
+    );
+    let path = dir.join("acct.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn start(config: &Path) -> Proc {
+    let p = process::start(config, &[]);
+    let admin = p.admin_port;
+    wait_for("the node to be ready", || {
+        admin_get(admin, "/health").is_some_and(|h| h["status"] == "ready")
+    });
+    p
+}
+
+fn account(p: &Proc, id: &str) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/accounts/{id}", p.admin_port);
+    let r = ureq::get(&url)
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .unwrap();
+    serde_json::from_str(&r.into_string().unwrap()).unwrap()
+}
+
+fn settle(p: &Proc, id: &str, amount: i64, key: &str) -> serde_json::Value {
+    let url = format!(
+        "http://127.0.0.1:{}/accounts/{id}/settlements",
+        p.admin_port
+    );
+    let r = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .set("Content-Type", "application/json")
+        .timeout(Duration::from_secs(2))
+        .send_string(
+            &serde_json::json!({"amount": amount.to_string(), "idempotencyKey": key}).to_string(),
+        )
+        .unwrap();
+    serde_json::from_str(&r.into_string().unwrap()).unwrap()
+}
+
+/// Sends `count` Prepares of `amount` at once (each with its own data) and returns their
+/// answers: `Ok(None)` for a Fulfill, `Ok(Some(code, data))` for a Reject.
+fn send_all(
+    port: u16,
+    destination: &str,
+    amount: u64,
+    count: usize,
+) -> Vec<Option<(ErrorCode, Vec<u8>)>> {
+    let dest = destination.to_owned();
+    run_local(move || async move {
+        let url = format!("btp+ws://sender:sender-token@127.0.0.1:{port}");
+        let s = SenderLink::connect(&url, "sender", "sender-token")
+            .await
+            .expect("sender connects");
+        let s = std::rc::Rc::new(s);
+        let tasks: Vec<_> = (0..count)
+            .map(|i| {
+                let (s, dest) = (s.clone(), dest.clone());
+                glommio::spawn_local(async move {
+                    let data = format!("packet-{i}-{}", std::process::id());
+                    match s.send(&dest, amount, 5_000, data.as_bytes()).await {
+                        Ok(Packet::Fulfill(_)) => None,
+                        Ok(Packet::Reject(r)) => Some((r.code(), r.data().to_vec())),
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    })
+}
+
+fn codes(answers: &[Option<(ErrorCode, Vec<u8>)>]) -> (usize, usize) {
+    let fulfilled = answers.iter().filter(|a| a.is_none()).count();
+    let t04 = answers
+        .iter()
+        .filter(|a| matches!(a, Some((c, _)) if *c == ErrorCode::T04_INSUFFICIENT_LIQUIDITY))
+        .count();
+    (fulfilled, t04)
+}
+
+#[test]
+fn limits_hold_under_concurrency_and_survive_kill_9() {
+    let dir = scratch("limits");
+    let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
+    let config = write_config(&dir, fulfiller.port, 1000, "");
+    let mut node = start(&config);
+
+    // 50 Prepares of 100 at once, each answered after 200 ms: only 10 fit under 1000.
+    let answers = send_all(node.btp_port, "test.receiver.delay-200", 100, 50);
+    assert_eq!(codes(&answers), (10, 40), "{answers:?}");
+    let a = account(&node, "sender");
+    assert_eq!(a["balance"], "1000", "{a}");
+    assert_eq!(
+        (a["reservedIn"].as_str(), a["reservedOut"].as_str()),
+        (Some("0"), Some("0"))
+    );
+    // 100 at scale 9 is 10 000 at scale 11: the receiver was paid 10 × 10 000.
+    assert_eq!(account(&node, "receiver")["balance"], "-100000");
+    let metrics = ureq::get(&format!("http://127.0.0.1:{}/metrics", node.admin_port))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("ilp_account_balance{peer=\"sender\"} 1000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ilp_account_rejects_total{peer=\"sender\",code=\"T04\"} 40"),
+        "{metrics}"
+    );
+
+    // Above maxPacketAmount: F08 with the amount received and the maximum, big-endian.
+    let answers = send_all(node.btp_port, "test.receiver", 501, 1);
+    let (code, data) = answers[0].clone().expect("rejected");
+    assert_eq!(code, ErrorCode::F08_AMOUNT_TOO_LARGE);
+    assert_eq!(data, [501u64.to_be_bytes(), 500u64.to_be_bytes()].concat());
+
+    // kill -9, restart on the same journal: the balance is still there and still binds.
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    drop(node);
+    let node = start(&config);
+    assert_eq!(account(&node, "sender")["balance"], "1000");
+    assert_eq!(account(&node, "receiver")["balance"], "-100000");
+    assert_eq!(
+        codes(&send_all(node.btp_port, "test.receiver", 100, 1)),
+        (0, 1)
+    );
+
+    // A settlement (the sender paid us 1000) applies once per key, durably.
+    assert_eq!(settle(&node, "sender", -1000, "pay-1")["balance"], "0");
+    let again = settle(&node, "sender", -1000, "pay-1");
+    assert_eq!(
+        (again["balance"].as_str(), again["duplicate"].as_bool()),
+        (Some("0"), Some(true))
+    );
+    assert_eq!(
+        codes(&send_all(node.btp_port, "test.receiver", 100, 3)),
+        (3, 0)
+    );
+    drop(node);
+    let node = start(&config);
+    let a = account(&node, "sender");
+    assert_eq!(a["balance"], "300", "{a}");
+    assert_eq!(a["needsSettlement"], false);
+    assert_eq!(settle(&node, "sender", -1000, "pay-1")["duplicate"], true);
+}
+
+#[test]
+fn a_journal_of_another_node_is_refused() {
+    let dir = scratch("other-node");
+    let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
+    let config = write_config(&dir, fulfiller.port, 1000, "");
+    drop(start(&config));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("nodeId: acct", "nodeId: someone-else");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(process::BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("belongs to node \"acct\""), "{err}");
+}
