@@ -9,7 +9,9 @@ use serde::Deserialize;
 use crate::accounts::convert::{
     Asset, Decimal, Factor, DEFAULT_ASSET_CODE, DEFAULT_ASSET_SCALE, MAX_SCALE,
 };
-use crate::accounts::settings::{BalanceConfig, Dec, Int, JournalConfig, Rates};
+use crate::accounts::settings::{
+    BalanceConfig, Dec, Int, JournalConfig, RateLimitConfig, Rates, ThroughputConfig,
+};
 use crate::codec::Address;
 use crate::routing::Route;
 
@@ -71,6 +73,12 @@ pub struct PeerConfig {
     /// Balance limits (see `accounts`); absent: the peer is not accounted (unlimited).
     #[serde(default)]
     pub balance: Option<BalanceConfig>,
+    /// Prepares per second from this peer; over it, T05.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Amount per second from this peer; over it, T04.
+    #[serde(default)]
+    pub throughput: Option<ThroughputConfig>,
 }
 
 /// How many links to keep to a dialled peer (see [`PeerConfig::links`]).
@@ -187,6 +195,18 @@ impl PeerConfig {
         if let Some(b) = &self.balance {
             b.limits()
                 .map_err(|e| invalid(format!("{key}.balance"), e))?;
+        }
+        if let Some(r) = &self.rate_limit {
+            if r.packets_per_second == 0 || r.burst == Some(0) {
+                return Err(invalid(
+                    format!("{key}.rateLimit"),
+                    "packetsPerSecond and burst must be positive",
+                ));
+            }
+        }
+        if let Some(t) = &self.throughput {
+            t.amount_per_second()
+                .map_err(|e| invalid(format!("{key}.throughput.amountPerSecond"), e))?;
         }
         if self.asset_scale.is_some_and(|s| s > MAX_SCALE) {
             return Err(invalid(

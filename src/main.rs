@@ -71,6 +71,8 @@ enum Command {
     Routes(AdminArgs),
     /// A node's health, from its admin port (exit 1 unless ready).
     Health(AdminArgs),
+    /// A node's accounts (asset, balance, limits), from its admin port.
+    Accounts(AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -137,6 +139,11 @@ fn main() -> ExitCode {
         )),
         Command::Health(a) => ExitCode::from(tools::admin::run(
             tools::admin::View::Health,
+            &a.admin,
+            a.json,
+        )),
+        Command::Accounts(a) => ExitCode::from(tools::admin::run(
+            tools::admin::View::Accounts,
             &a.admin,
             a.json,
         )),

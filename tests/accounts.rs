@@ -23,7 +23,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A node whose child `sender` may owe at most `maximum` (XRP, scale 9) and whose peer
 /// `receiver` (the fulfiller, scale 11) may be owed up to 10^9 by us.
-fn write_config(dir: &Path, fulfiller_port: u16, maximum: u64, extra: &str) -> PathBuf {
+fn write_config(dir: &Path, fulfiller_port: u16, maximum: u64, sender_extra: &str) -> PathBuf {
     let yaml = format!(
         r#"nodeId: acct
 ilpAddress: test.acct
@@ -32,13 +32,13 @@ healthCheckPort: 0
 adminToken: {ADMIN_TOKEN}
 journal:
   dir: {journal}
-{extra}
 peers:
   - id: sender
     relation: child
     authToken: sender-token
     maxPacketAmount: 500
     balance: {{ maximum: {maximum}, minimum: -1000, settleThreshold: -500, settleTo: 0 }}
+    {sender_extra}
   - id: receiver
     relation: peer
     url: ws://connector:fulfil-token@127.0.0.1:{fulfiller_port}
@@ -202,6 +202,66 @@ fn limits_hold_under_concurrency_and_survive_kill_9() {
     assert_eq!(a["balance"], "300", "{a}");
     assert_eq!(a["needsSettlement"], false);
     assert_eq!(settle(&node, "sender", -1000, "pay-1")["duplicate"], true);
+
+    // The operator's view.
+    let out = std::process::Command::new(process::BIN)
+        .args([
+            "accounts",
+            "--admin",
+            &format!("http://127.0.0.1:{}", node.admin_port),
+        ])
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let sender = table
+        .lines()
+        .find(|l| l.starts_with("sender"))
+        .unwrap_or_default();
+    let cells: Vec<&str> = sender.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        ["sender", "XRP", "9", "300", "0", "0", "-1000", "1000", "-"],
+        "{table}"
+    );
+}
+
+#[test]
+fn rate_limit_and_throughput() {
+    let dir = scratch("rates");
+    let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
+    let config = write_config(
+        &dir,
+        fulfiller.port,
+        1_000_000,
+        "rateLimit: { packetsPerSecond: 1, burst: 5 }",
+    );
+    let node = start(&config);
+    let answers = send_all(node.btp_port, "test.receiver", 1, 8);
+    let t05 = answers
+        .iter()
+        .filter(|a| matches!(a, Some((c, _)) if *c == ErrorCode::T05_RATE_LIMITED))
+        .count();
+    assert_eq!(
+        (answers.iter().filter(|a| a.is_none()).count(), t05),
+        (5, 3),
+        "{answers:?}"
+    );
+    drop(node);
+
+    let config = write_config(
+        &dir,
+        fulfiller.port,
+        1_000_000,
+        "throughput: { amountPerSecond: 450 }",
+    );
+    let node = start(&config);
+    // 450 per second, a second's worth at once: four of 100 pass, the rest T04.
+    assert_eq!(
+        codes(&send_all(node.btp_port, "test.receiver", 100, 8)),
+        (4, 4)
+    );
 }
 
 #[test]
@@ -222,4 +282,93 @@ fn a_journal_of_another_node_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("belongs to node \"acct\""), "{err}");
+}
+
+/// Sends amount-1 Prepares at concurrency `c` until the link drops; returns how many the
+/// sender saw fulfilled.
+fn load_until_lost(port: u16, c: usize) -> u64 {
+    run_local(move || async move {
+        let url = format!("btp+ws://sender:sender-token@127.0.0.1:{port}");
+        let Ok(s) = SenderLink::connect(&url, "sender", "sender-token").await else {
+            return 0;
+        };
+        let s = std::rc::Rc::new(s);
+        let fulfilled = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let tasks: Vec<_> = (0..c)
+            .map(|w| {
+                let (s, fulfilled) = (s.clone(), fulfilled.clone());
+                glommio::spawn_local(async move {
+                    for i in 0u64.. {
+                        let data = format!("crash-{w}-{i}");
+                        match s.send("test.receiver", 1, 5_000, data.as_bytes()).await {
+                            Ok(Packet::Fulfill(_)) => fulfilled.set(fulfilled.get() + 1),
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        fulfilled.get()
+    })
+}
+
+/// `kills` times: load at concurrency 16, `kill -9` at a random moment, restart on the same
+/// journal. Strict durability: every recovered balance is at least what the sender saw
+/// fulfilled and at most that plus what was in flight at the kill (16).
+fn crash_loop(kills: usize) {
+    const C: usize = 16;
+    let dir = scratch(&format!("crash-{kills}"));
+    let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
+    let config = write_config(&dir, fulfiller.port, 1_000_000_000, "");
+    let balance = |node: &Proc| -> u64 {
+        account(node, "sender")["balance"]
+            .as_str()
+            .and_then(|b| b.parse().ok())
+            .expect("a balance")
+    };
+    // What the recovered balance must lie in after the previous kill.
+    let (mut low, mut high) = (0u64, 0u64);
+    let mut seed = std::process::id() as u64 | 1;
+    for round in 0..=kills {
+        let mut node = start(&config);
+        let recovered = balance(&node);
+        assert!(
+            (low..=high).contains(&recovered),
+            "round {round}: recovered {recovered}, expected {low}..={high}"
+        );
+        eprintln!(
+            "round {round}: recovered {recovered} (sender saw {low}; {} more were in flight at the kill)",
+            recovered - low
+        );
+        if round == kills {
+            break;
+        }
+        let port = node.btp_port;
+        let sender = std::thread::spawn(move || load_until_lost(port, C));
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 250));
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+        let seen = sender.join().unwrap();
+        assert!(seen > 0, "round {round}: no load reached the node");
+        (low, high) = (recovered + seen, recovered + seen + C as u64);
+    }
+}
+
+#[test]
+fn crash_loop_short() {
+    crash_loop(3);
+}
+
+/// The long version (figures in bench/RESULTS.md): `cargo test --release --test accounts -- --ignored`.
+#[test]
+#[ignore]
+fn crash_loop_25_kills() {
+    crash_loop(25);
 }

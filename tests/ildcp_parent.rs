@@ -66,7 +66,7 @@ fn ildcp_as_child(port: u16) -> identity::Own {
 
 fn b_yaml(address: &str, port: u16) -> String {
     format!(
-        "nodeId: b\nilpAddress: {address}\nbtpServerPort: {port}\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: c, relation: child, authToken: secret-bc, assetCode: USD, assetScale: 6}}\n"
+        "nodeId: b\nilpAddress: {address}\nbtpServerPort: {port}\nrates: {{XRP: 0.5, USD: 1}}\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: c, relation: child, authToken: secret-bc, assetCode: USD, assetScale: 6}}\n"
     )
 }
 

@@ -192,6 +192,8 @@ fn peers_added_and_removed_at_runtime() {
         links: Default::default(),
         max_packet_amount: None,
         balance: None,
+        rate_limit: None,
+        throughput: None,
     })
     .unwrap();
     let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();

@@ -204,6 +204,24 @@ enum Cmd {
         #[arg(long, default_value = "target/ilp-bench-rates.json")]
         json: PathBuf,
     },
+    /// 1 hop with accounting off, relaxed and strict (every packet reserved, committed and
+    /// journaled), interleaved in one run, per shard count and concurrency.
+    Accounting {
+        #[command(flatten)]
+        timing: Timing,
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        concurrency: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        shards: Vec<usize>,
+        /// Rounds of (off, relaxed, strict); each row is reported, then the medians.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        #[arg(long, default_value = "target/ilp-bench-accounting.json")]
+        json: PathBuf,
+    },
     /// 1 hop through a 2-shard node: packets crossing shards to the one link against packets
     /// that do not (see handover.rs).
     Handover {
@@ -289,6 +307,7 @@ fn main() -> ExitCode {
                 spin_us,
                 pin,
                 links,
+                accounts: None,
             };
             scenarios(&timing, connector, &json, &concurrency, &shards, node)
         }
@@ -357,6 +376,7 @@ fn main() -> ExitCode {
                 spin_us,
                 pin,
                 links: None,
+                accounts: None,
             };
             let rows = handover::run(&bin, &timing, concurrency, node)?;
             let plain: Vec<Row> = rows.iter().map(|r| r.row.clone()).collect();
@@ -371,6 +391,15 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Cmd::Accounting {
+            timing,
+            connector,
+            concurrency,
+            shards,
+            rounds,
+            json,
+        } => connector_bin(connector)
+            .and_then(|bin| accounting(&timing, &bin, &concurrency, &shards, rounds, &json)),
         Cmd::Soak {
             connector,
             packets,
@@ -601,6 +630,9 @@ struct NodeOptions {
     /// `links:` of each node's next hop.
     links: Option<usize>,
     pin: bool,
+    /// Accounting: `journal.durability` of each node, both its peers with wide balance
+    /// limits (so every packet is reserved, committed and journaled); `None`: no accounts.
+    accounts: Option<&'static str>,
 }
 
 impl NodeOptions {
@@ -614,7 +646,36 @@ impl NodeOptions {
         };
         format!("{placement}\nspinBeforeParkUs: {}\n", self.spin_us)
     }
+
+    /// The top-level journal line for node `name` (a fresh directory), if accounted.
+    fn journal_yaml(&self, name: char) -> String {
+        let Some(durability) = self.accounts else {
+            return String::new();
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "ilp-bench-{}/journal-{name}-{}",
+            std::process::id(),
+            BENCH_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        format!(
+            "journal: {{dir: \"{}\", durability: {durability}}}\n",
+            dir.display()
+        )
+    }
+
+    /// The per-peer balance entry, if accounted.
+    fn balance_yaml(&self) -> &'static str {
+        match self.accounts {
+            Some(_) => {
+                ", balance: {minimum: \"-4000000000000000000\", maximum: \"4000000000000000000\"}"
+            }
+            None => "",
+        }
+    }
 }
+
+/// Numbers the journal directories of one bench process.
+static BENCH_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A chain of connector processes: sender → A → … → last → fulfiller (child `receiver` of
 /// the last). Each node dials the next; `sender` is a child of A with token `bench-token`.
@@ -646,15 +707,18 @@ impl Chain {
                 }
             };
             let yaml = format!(
-                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\n{}logLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}{}}}\n{}",
+                "nodeId: connector-{n}\nilpAddress: test.{n}\nbtpServerPort: 0\n{}{}logLevel: warn\nmaxInFlightPerShard: 1000000\npeers:\n  - {{id: {}, relation: child, authToken: {}{}}}\n  - {{id: {}, relation: {}, url: \"{}\", authToken: {}{}{}}}\n{}",
                 node.yaml(shards),
+                node.journal_yaml(*n),
                 upstream.0,
                 upstream.1,
+                node.balance_yaml(),
                 next.0,
                 if next.3 { "child" } else { "peer" },
                 next.1,
                 next.2,
                 node.links.map_or(String::new(), |n| format!(", links: {n}")),
+                node.balance_yaml(),
                 if next.3 {
                     String::new()
                 } else {
@@ -752,6 +816,89 @@ fn scenarios(
     }
     print_table(&rows);
     print_ratios(&rows);
+    write_json(json, &rows)
+}
+
+/// See `Cmd::Accounting`.
+fn accounting(
+    timing: &Timing,
+    bin: &PathBuf,
+    concurrency: &[usize],
+    shards: &[usize],
+    rounds: usize,
+    json: &Path,
+) -> Result<(), String> {
+    let modes: [(&str, Option<&'static str>); 3] = [
+        ("acct-off", None),
+        ("relaxed", Some("relaxed")),
+        ("strict", Some("strict")),
+    ];
+    let mut rows = Vec::new();
+    for &c in concurrency {
+        for &s in shards {
+            for round in 0..rounds {
+                for (label, accounts) in modes {
+                    let node = NodeOptions {
+                        spin_us: 0,
+                        pin: false,
+                        links: None,
+                        accounts,
+                    };
+                    let chain = Chain::start(bin, 1, s, node)?;
+                    eprintln!(
+                        "{label}, {s} shard(s), concurrency {c}, round {}",
+                        round + 1
+                    );
+                    let spec = timing.load(
+                        format!("ws://127.0.0.1:{}", chain.port),
+                        "sender".into(),
+                        "bench-token".into(),
+                        chain.destination.clone(),
+                        c,
+                        s,
+                    );
+                    rows.push(measure(
+                        label,
+                        1,
+                        s,
+                        spec,
+                        &chain.pids(),
+                        timing.sender_core,
+                    )?);
+                }
+            }
+        }
+    }
+    print_table(&rows);
+    println!();
+    println!("medians vs acct-off (same shards and concurrency): CPU µs/packet added, throughput ratio, p50 added µs");
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    for &c in concurrency {
+        for &s in shards {
+            let pick = |label: &str, f: &dyn Fn(&Row) -> f64| {
+                median(
+                    rows.iter()
+                        .filter(|r| r.scenario == label && r.shards == s && r.concurrency == c)
+                        .map(f)
+                        .collect(),
+                )
+            };
+            let cpu = |r: &Row| r.cpu_us_per_packet_per_hop.unwrap_or(f64::NAN);
+            let tput = |r: &Row| r.throughput_per_s;
+            let p50 = |r: &Row| r.p50_us as f64;
+            for label in ["relaxed", "strict"] {
+                println!(
+                    "c={c:<3} shards={s} {label:<8} cpu {:+.2} µs  throughput {:.3}×  p50 {:+.0} µs",
+                    pick(label, &cpu) - pick("acct-off", &cpu),
+                    pick(label, &tput) / pick("acct-off", &tput),
+                    pick(label, &p50) - pick("acct-off", &p50),
+                );
+            }
+        }
+    }
     write_json(json, &rows)
 }
 

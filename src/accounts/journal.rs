@@ -47,6 +47,8 @@ pub enum JournalError {
     },
     #[error("journal {path} is not a journal of this connector (bad header)")]
     BadHeader { path: String },
+    #[error("journal {path} is in use by another running node")]
+    InUse { path: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -248,6 +250,29 @@ pub struct Recovered {
     pub settlement_keys: HashSet<String>,
     /// One line per torn or corrupt tail that was dropped.
     pub warnings: Vec<String>,
+}
+
+/// Takes the journal directory's lock (`dir/lock`, created if needed) for as long as the
+/// returned file is open; the kernel drops it however the process ends.
+pub fn lock(dir: &Path) -> Result<File, JournalError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(JournalError::InUse {
+            path: dir.display().to_string(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(JournalError::Io {
+            path: path.display().to_string(),
+            source: e,
+        }),
+    }
 }
 
 pub fn snapshot_path(dir: &Path) -> PathBuf {
@@ -622,6 +647,10 @@ mod tests {
         assert!(matches!(e, JournalError::OtherNode { .. }), "{e}");
         let e = recover(&dir, "n1", &peers(&["bob"])).unwrap_err();
         assert!(e.to_string().contains("\"alice\""), "{e}");
+        let held = lock(&dir).unwrap();
+        assert!(matches!(lock(&dir), Err(JournalError::InUse { .. })));
+        drop(held);
+        drop(lock(&dir).unwrap());
         // A new peer joins with balance 0; the old ones keep theirs.
         let r = recover(&dir, "n1", &peers(&["bob", "alice"])).unwrap();
         assert_eq!(r.balances, vec![0, 7]);

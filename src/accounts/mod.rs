@@ -4,6 +4,7 @@
 //! - [`limits`]: a limit's headroom shared by the shards as an atomic pool plus per-shard
 //!   leases (no lock, no message per packet; never overshot);
 //! - [`journal`]: the on-disk record of committed balance changes, and recovery;
+//! - [`rate`]: `rateLimit` and `throughput` buckets (one atomic each, shared by the shards);
 //! - [`settings`]: the configuration keys;
 //! - [`Book`] (here): the node-wide state of every accounted peer — recovered balance,
 //!   limits and their pools, per-shard committed sums (each written by one shard only), and
@@ -17,6 +18,7 @@
 pub mod convert;
 pub mod journal;
 pub mod limits;
+pub mod rate;
 pub mod settings;
 
 use std::collections::HashSet;
@@ -88,6 +90,14 @@ impl Account {
     }
 }
 
+/// A peer's rate buckets (`rateLimit`, `throughput`).
+#[derive(Debug)]
+pub struct Throttle {
+    pub id: String,
+    pub packets: Option<rate::Bucket>,
+    pub amount: Option<rate::Bucket>,
+}
+
 /// Settlements posted on the admin port: their journal and the keys already applied.
 #[derive(Debug)]
 struct Settlements {
@@ -99,6 +109,10 @@ struct Settlements {
 #[derive(Debug)]
 pub struct Book {
     pub accounts: Vec<Account>,
+    /// Peers with `rateLimit` or `throughput`.
+    pub throttles: Vec<Throttle>,
+    /// The clock of the rate buckets.
+    epoch: std::time::Instant,
     pub node_id: String,
     pub dir: Option<PathBuf>,
     pub durability: Durability,
@@ -108,6 +122,8 @@ pub struct Book {
     /// Each shard's journal file, created at open (so a disk problem fails the start), taken
     /// by its shard.
     shard_journals: Mutex<Vec<Option<Appender>>>,
+    /// Held while the node runs: no second process may recover (and rewrite) this journal.
+    _lock: Option<std::fs::File>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +169,11 @@ impl Book {
             ),
             None => (None, Durability::Strict, 100),
         };
+        let mut lock = None;
         let (recovered, generation, keys, appender, shard_journals) = match (&dir, peers.is_empty())
         {
             (Some(dir), false) => {
+                lock = Some(journal::lock(dir)?);
                 let r = journal::recover(dir, &config.node_id, &ids)?;
                 for w in &r.warnings {
                     tracing::warn!(nodeId = %config.node_id, component = "accounts", event = "journal_tail_dropped", detail = %w);
@@ -198,8 +216,28 @@ impl Book {
                 shards: (0..shards).map(|_| ShardSlot::default()).collect(),
             })
             .collect();
+        let throttles = config
+            .peers
+            .iter()
+            .filter(|p| p.rate_limit.is_some() || p.throughput.is_some())
+            .map(|p| Throttle {
+                id: p.id.clone(),
+                packets: p.rate_limit.map(|r| {
+                    rate::Bucket::new(
+                        r.packets_per_second,
+                        r.burst.unwrap_or(r.packets_per_second),
+                    )
+                }),
+                amount: p
+                    .throughput
+                    .and_then(|t| t.amount_per_second().ok())
+                    .map(|a| rate::Bucket::new(a, a)),
+            })
+            .collect();
         Ok(Book {
             accounts,
+            throttles,
+            epoch: std::time::Instant::now(),
             node_id: config.node_id.clone(),
             dir,
             durability,
@@ -207,6 +245,7 @@ impl Book {
             generation,
             settlements: Mutex::new(Settlements { appender, keys }),
             shard_journals: Mutex::new(shard_journals),
+            _lock: lock,
         })
     }
 
@@ -224,6 +263,18 @@ impl Book {
             .iter()
             .position(|a| a.id == peer)
             .map(|i| i as u16)
+    }
+
+    pub fn throttle_of(&self, peer: &str) -> Option<u16> {
+        self.throttles
+            .iter()
+            .position(|t| t.id == peer)
+            .map(|i| i as u16)
+    }
+
+    /// Nanoseconds on the rate buckets' clock.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     pub fn get(&self, peer: &str) -> Option<&Account> {

@@ -125,6 +125,31 @@ impl BalanceConfig {
     }
 }
 
+/// `rateLimit`: Prepares per second from the peer, `burst` at once (default: one second's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub packets_per_second: u64,
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+/// `throughput`: amount per second from the peer (its units), a second's worth at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThroughputConfig {
+    pub amount_per_second: Int,
+}
+
+impl ThroughputConfig {
+    pub fn amount_per_second(&self) -> Result<u64, String> {
+        u64::try_from(self.amount_per_second.0)
+            .ok()
+            .filter(|a| *a > 0)
+            .ok_or_else(|| format!("{} is not a positive amount", self.amount_per_second.0))
+    }
+}
+
 /// When a committed balance change is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -46,6 +46,7 @@ struct Terms {
     asset: u32,
     max_packet: Option<u64>,
     account: Option<u16>,
+    throttle: Option<u16>,
 }
 
 /// This shard's leases on one account's pools.
@@ -155,6 +156,7 @@ impl ShardAccounts {
             asset,
             max_packet: entry.as_ref().and_then(|e| e.config.max_packet_amount()),
             account: self.book().index_of(peer),
+            throttle: self.book().throttle_of(peer),
         };
         self.terms.borrow_mut().insert(peer.into(), t);
         t
@@ -191,6 +193,16 @@ impl ShardAccounts {
         if let Some(max) = src.max_packet {
             if amount > max {
                 return Err(amount_too_large(amount, max));
+            }
+        }
+        let throttle = src.throttle.map(|i| &self.book().throttles[i as usize]);
+        let now_ns = throttle.map_or(0, |_| self.book().now_ns());
+        if let Some(b) = throttle.and_then(|t| t.packets.as_ref()) {
+            if !b.take(1, now_ns) {
+                return Err(Refusal::new(
+                    ErrorCode::T05_RATE_LIMITED,
+                    "over the packet rate allowed for you",
+                ));
             }
         }
         let factor = self
@@ -236,6 +248,15 @@ impl ShardAccounts {
                 self.publish(i);
             }
             r.outgoing = Some((i, amt));
+        }
+        // Last, so a packet refused above does not use up the peer's throughput.
+        if let Some(b) = throttle.and_then(|t| t.amount.as_ref()) {
+            if !b.take(amount, now_ns) {
+                return Err(Refusal::new(
+                    ErrorCode::T04_INSUFFICIENT_LIQUIDITY,
+                    "over the amount per second allowed for you",
+                ));
+            }
         }
         Ok(r)
     }
@@ -308,6 +329,10 @@ impl ShardAccounts {
     /// group; relaxed: every `syncIntervalMs`), returns idle leases every tick, and at the
     /// end writes what is left.
     pub async fn run(self: Rc<Self>) {
+        if self.book().accounts.is_empty() {
+            // No pools, no journal: nothing to do (and no timer to wake the shard).
+            return;
+        }
         let relaxed = self.book().durability == Durability::Relaxed;
         let interval = Duration::from_millis(self.book().sync_interval_ms);
         loop {

@@ -237,6 +237,8 @@ mod tests {
             links: Default::default(),
             max_packet_amount: None,
             balance: None,
+            rate_limit: None,
+            throughput: None,
         }
     }
 

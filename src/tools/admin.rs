@@ -1,4 +1,4 @@
-//! `ilp-connector peers | routes | health --admin URL`: a node's admin port as a table (or the
+//! `ilp-connector peers | routes | health | accounts --admin URL`: a node's admin port as a table (or the
 //! raw JSON with `--json`). Sends `Authorization: Bearer $ADMIN_TOKEN` when that is set.
 
 use super::exit;
@@ -9,6 +9,7 @@ pub enum View {
     Peers,
     Routes,
     Health,
+    Accounts,
 }
 
 impl View {
@@ -17,6 +18,7 @@ impl View {
             View::Peers => "/peers",
             View::Routes => "/routes",
             View::Health => "/health",
+            View::Accounts => "/accounts",
         }
     }
 }
@@ -127,6 +129,41 @@ fn table(view: View, v: &serde_json::Value) -> String {
                 })
                 .collect(),
         ),
+        View::Accounts => columns(
+            &[
+                "PEER",
+                "ASSET",
+                "BALANCE",
+                "RESERVED IN",
+                "RESERVED OUT",
+                "MINIMUM",
+                "MAXIMUM",
+                "SETTLE",
+            ],
+            list.iter()
+                .map(|a| {
+                    let asset = format!("{} {}", cell(&a["assetCode"]), cell(&a["assetScale"]));
+                    if a["accounted"] != true {
+                        return vec![cell(&a["id"]), asset, "unlimited".into()];
+                    }
+                    let settle = if a["needsSettlement"] == true {
+                        "needed"
+                    } else {
+                        "-"
+                    };
+                    vec![
+                        cell(&a["id"]),
+                        asset,
+                        cell(&a["balance"]),
+                        cell(&a["reservedIn"]),
+                        cell(&a["reservedOut"]),
+                        cell(&a["minimum"]),
+                        cell(&a["maximum"]),
+                        settle.into(),
+                    ]
+                })
+                .collect(),
+        ),
         View::Health => {
             let mut out = String::new();
             for key in [
@@ -180,6 +217,17 @@ mod tests {
         assert_eq!(
             table(View::Routes, &routes),
             "PREFIX     NEXT HOP\ntest.c     c\n(default)  up\n"
+        );
+        let accounts = serde_json::json!([
+            {"id":"alice","assetCode":"USD","assetScale":2,"accounted":true,"balance":"-700",
+             "reservedIn":"0","reservedOut":"100","minimum":"-1000","maximum":null,"needsSettlement":true},
+            {"id":"bob","assetCode":"XRP","assetScale":9,"accounted":false}
+        ]);
+        assert_eq!(
+            table(View::Accounts, &accounts),
+            "PEER   ASSET  BALANCE    RESERVED IN  RESERVED OUT  MINIMUM  MAXIMUM  SETTLE\n\
+             alice  USD 2  -700       0            100           -1000    -        needed\n\
+             bob    XRP 9  unlimited\n"
         );
     }
 }
