@@ -84,12 +84,9 @@ fn routes_json(shared: &NodeShared) -> Reply {
 
 fn account_json(shared: &NodeShared, p: &PeerConfig) -> serde_json::Value {
     let own = shared.identity.get();
-    let asset = shared.config.peer_asset(p).or_else(|| {
-        own.map(|o| crate::accounts::convert::Asset {
-            code: o.asset_code.clone(),
-            scale: o.asset_scale,
-        })
-    });
+    let asset = shared
+        .config
+        .peer_asset(p, own.map(|o| (o.asset_code.as_str(), o.asset_scale)));
     let mut v = serde_json::json!({
         "id": p.id,
         "assetCode": asset.as_ref().map(|a| a.code.clone()),

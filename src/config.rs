@@ -685,7 +685,7 @@ impl Config {
         let assets: Vec<(&str, Asset)> = self
             .peers
             .iter()
-            .filter_map(|p| self.peer_asset(p).map(|a| (p.id.as_str(), a)))
+            .filter_map(|p| self.peer_asset(p, None).map(|a| (p.id.as_str(), a)))
             .collect();
         for (i, (a, x)) in assets.iter().enumerate() {
             for (b, y) in &assets[i + 1..] {
@@ -703,21 +703,25 @@ impl Config {
         self.spread.map_or(Decimal::ZERO, |Dec(d)| d)
     }
 
-    /// A peer's asset as far as the config says: its own, else the node's `assetCode` /
-    /// `assetScale`, else (with a configured `ilpAddress`) XRP with scale 9. `None` while
-    /// it depends on what the parent tells us by ILDCP.
-    pub fn peer_asset(&self, p: &PeerConfig) -> Option<Asset> {
-        let learned = self.ilp_address.is_none();
-        let code = p.asset_code.clone().or_else(|| self.asset_code.clone());
-        let scale = p.asset_scale.or(self.asset_scale);
-        match (code, scale) {
-            (Some(code), Some(scale)) => Some(Asset { code, scale }),
-            _ if learned => None,
-            (code, scale) => Some(Asset {
-                code: code.unwrap_or_else(|| DEFAULT_ASSET_CODE.into()),
-                scale: scale.unwrap_or(DEFAULT_ASSET_SCALE),
-            }),
-        }
+    /// A peer's asset: its own `assetCode`/`assetScale`, else the node's, else `learned`
+    /// (the asset our parent gave us by ILDCP), else — with a configured `ilpAddress` — XRP
+    /// with scale 9. `None` while it depends on what the parent has not told us yet.
+    pub fn peer_asset(&self, p: &PeerConfig, learned: Option<(&str, u8)>) -> Option<Asset> {
+        let fallback = match (learned, self.ilp_address.is_some()) {
+            (Some((code, scale)), _) => Some((code, scale)),
+            (None, true) => Some((DEFAULT_ASSET_CODE, DEFAULT_ASSET_SCALE)),
+            (None, false) => None,
+        };
+        let code = p
+            .asset_code
+            .clone()
+            .or_else(|| self.asset_code.clone())
+            .or_else(|| fallback.map(|f| f.0.to_owned()))?;
+        let scale = p
+            .asset_scale
+            .or(self.asset_scale)
+            .or(fallback.map(|f| f.1))?;
+        Some(Asset { code, scale })
     }
 
     pub fn shard_count(&self) -> usize {

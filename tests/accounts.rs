@@ -23,7 +23,13 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A node whose child `sender` may owe at most `maximum` (XRP, scale 9) and whose peer
 /// `receiver` (the fulfiller, scale 11) may be owed up to 10^9 by us.
-fn write_config(dir: &Path, fulfiller_port: u16, maximum: u64, sender_extra: &str) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    fulfiller_port: u16,
+    maximum: u64,
+    top_extra: &str,
+    sender_extra: &str,
+) -> PathBuf {
     let yaml = format!(
         r#"nodeId: acct
 ilpAddress: test.acct
@@ -32,6 +38,7 @@ healthCheckPort: 0
 adminToken: {ADMIN_TOKEN}
 journal:
   dir: {journal}
+{top_extra}
 peers:
   - id: sender
     relation: child
@@ -139,7 +146,7 @@ fn codes(answers: &[Option<(ErrorCode, Vec<u8>)>]) -> (usize, usize) {
 fn limits_hold_under_concurrency_and_survive_kill_9() {
     let dir = scratch("limits");
     let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
-    let config = write_config(&dir, fulfiller.port, 1000, "");
+    let config = write_config(&dir, fulfiller.port, 1000, "", "");
     let mut node = start(&config);
 
     // 50 Prepares of 100 at once, each answered after 200 ms: only 10 fit under 1000.
@@ -235,6 +242,7 @@ fn rate_limit_and_throughput() {
         &dir,
         fulfiller.port,
         1_000_000,
+        "",
         "rateLimit: { packetsPerSecond: 1, burst: 5 }",
     );
     let node = start(&config);
@@ -254,6 +262,7 @@ fn rate_limit_and_throughput() {
         &dir,
         fulfiller.port,
         1_000_000,
+        "",
         "throughput: { amountPerSecond: 450 }",
     );
     let node = start(&config);
@@ -268,7 +277,7 @@ fn rate_limit_and_throughput() {
 fn a_journal_of_another_node_is_refused() {
     let dir = scratch("other-node");
     let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
-    let config = write_config(&dir, fulfiller.port, 1000, "");
+    let config = write_config(&dir, fulfiller.port, 1000, "", "");
     drop(start(&config));
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -282,6 +291,71 @@ fn a_journal_of_another_node_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("belongs to node \"acct\""), "{err}");
+}
+
+/// Four sender links on a two-shard node, 64 packets in flight on each (256), half of them
+/// rejected by the receiver, against a maximum far below what is offered: the balance never
+/// passes it and is exactly the sum of what the senders saw fulfilled.
+#[test]
+fn tight_limit_at_concurrency_256_on_two_shards() {
+    const MAX: u64 = 5_000;
+    const AMOUNT: u64 = 7;
+    let dir = scratch("tight");
+    let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
+    let config = write_config(&dir, fulfiller.port, MAX, "shards: 2", "");
+    let node = start(&config);
+    let port = node.btp_port;
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            std::thread::spawn(move || {
+                run_local(move || async move {
+                    let url = format!("btp+ws://sender:sender-token@127.0.0.1:{port}");
+                    let link = std::rc::Rc::new(
+                        SenderLink::connect(&url, "sender", "sender-token")
+                            .await
+                            .expect("sender connects"),
+                    );
+                    let tasks: Vec<_> = (0..64)
+                        .map(|w| {
+                            let link = link.clone();
+                            glommio::spawn_local(async move {
+                                let mut fulfilled = 0;
+                                for i in 0..8 {
+                                    let dest = if (w + i) % 2 == 0 {
+                                        "test.receiver.delay-5"
+                                    } else {
+                                        "test.receiver.reject-F99.delay-5"
+                                    };
+                                    let data = format!("tight-{s}-{w}-{i}");
+                                    if let Ok(Packet::Fulfill(_)) =
+                                        link.send(dest, AMOUNT, 5_000, data.as_bytes()).await
+                                    {
+                                        fulfilled += 1;
+                                    }
+                                }
+                                fulfilled
+                            })
+                        })
+                        .collect();
+                    let mut n = 0u64;
+                    for t in tasks {
+                        n += t.await;
+                    }
+                    n
+                })
+            })
+        })
+        .collect();
+    let fulfilled: u64 = senders.into_iter().map(|t| t.join().unwrap()).sum();
+    let a = account(&node, "sender");
+    let balance: u64 = a["balance"].as_str().unwrap().parse().unwrap();
+    assert_eq!(balance, fulfilled * AMOUNT, "{a}");
+    assert!(balance <= MAX, "{a}");
+    assert!(balance > MAX / 2, "the limit was not used: {a}");
+    assert_eq!(
+        (a["reservedIn"].as_str(), a["reservedOut"].as_str()),
+        (Some("0"), Some("0"))
+    );
 }
 
 /// Sends amount-1 Prepares at concurrency `c` until the link drops; returns how many the
@@ -323,7 +397,7 @@ fn crash_loop(kills: usize) {
     const C: usize = 16;
     let dir = scratch(&format!("crash-{kills}"));
     let fulfiller = Fulfiller::start("connector", "fulfil-token", Mode::Fulfill);
-    let config = write_config(&dir, fulfiller.port, 1_000_000_000, "");
+    let config = write_config(&dir, fulfiller.port, 1_000_000_000, "", "");
     let balance = |node: &Proc| -> u64 {
         account(node, "sender")["balance"]
             .as_str()

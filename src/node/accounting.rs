@@ -130,10 +130,11 @@ impl ShardAccounts {
         let entry = self.node.peers.get(peer);
         let config = &self.node.config;
         let own = self.node.identity.get();
-        // The config's asset for the peer, else ours (learned from the parent).
+        let learned = own.map(|o| (o.asset_code.as_str(), o.asset_scale));
+        // Unknown peer (removed meanwhile): the node's own asset.
         let asset = entry
             .as_ref()
-            .and_then(|e| config.peer_asset(&e.config))
+            .and_then(|e| config.peer_asset(&e.config, learned))
             .or_else(|| {
                 own.map(|o| Asset {
                     code: o.asset_code.clone(),
@@ -221,32 +222,14 @@ impl ShardAccounts {
             outgoing: None,
         };
         if let Some(i) = src.account {
-            let a = self.account(i);
             let amt = fits(amount)?;
-            if let Some(pool) = &a.max_pool {
-                if !self.leases[i as usize].max.reserve(pool, amt, self.sharing) {
-                    return Err(Refusal::new(
-                        ErrorCode::T04_INSUFFICIENT_LIQUIDITY,
-                        "exceeds the sender's maximum balance",
-                    ));
-                }
-                self.publish(i);
-            }
+            self.reserve_side(i, amt, true)?;
             r.incoming = Some((i, amt));
         }
         if let Some(i) = dst.account {
-            let a = self.account(i);
             let amt = fits(out_amount)?;
-            if let Some(pool) = &a.min_pool {
-                if !self.leases[i as usize].min.reserve(pool, amt, self.sharing) {
-                    // `r` is dropped: the incoming reservation is released.
-                    return Err(Refusal::new(
-                        ErrorCode::T04_INSUFFICIENT_LIQUIDITY,
-                        "exceeds the next hop's minimum balance",
-                    ));
-                }
-                self.publish(i);
-            }
+            // On failure `r` is dropped: the incoming reservation is released.
+            self.reserve_side(i, amt, false)?;
             r.outgoing = Some((i, amt));
         }
         // Last, so a packet refused above does not use up the peer's throughput.
@@ -259,6 +242,29 @@ impl ShardAccounts {
             }
         }
         Ok(r)
+    }
+
+    /// Reserves `amount` of account `i` against its maximum (a Prepare from the peer) or its
+    /// minimum (a Prepare to it); a side without a limit reserves nothing.
+    fn reserve_side(&self, i: u16, amount: i64, incoming: bool) -> Result<(), Refusal> {
+        let a = self.account(i);
+        let l = &self.leases[i as usize];
+        let (lease, pool, message) = if incoming {
+            (&l.max, &a.max_pool, "exceeds the sender's maximum balance")
+        } else {
+            (
+                &l.min,
+                &a.min_pool,
+                "exceeds the next hop's minimum balance",
+            )
+        };
+        if let Some(pool) = pool {
+            if !lease.reserve(pool, amount, self.sharing) {
+                return Err(Refusal::new(ErrorCode::T04_INSUFFICIENT_LIQUIDITY, message));
+            }
+            self.publish(i);
+        }
+        Ok(())
     }
 
     fn account(&self, i: u16) -> &Account {

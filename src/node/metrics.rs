@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::identity::Identity;
 use super::peers::Peers;
-use crate::accounts::Book;
+use crate::accounts::{Account, Book};
 use crate::btp::link::LinkCounters;
 use crate::codec::ErrorCode;
 
@@ -188,49 +188,36 @@ fn render_accounts(s: &mut String, book: &Book) {
     if book.accounts.is_empty() {
         return;
     }
-    let gauge = |s: &mut String, name: &str, help: &str| {
+    let gauge = |s: &mut String, name: &str, help: &str, value: &dyn Fn(&Account) -> i64| {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for a in &book.accounts {
+            let _ = writeln!(s, "{name}{{peer=\"{}\"}} {}", a.id, value(a));
+        }
     };
     gauge(
         s,
         "ilp_account_balance",
         "What the peer owes us, in its units.",
+        &Account::balance,
     );
-    for a in &book.accounts {
-        let _ = writeln!(
-            s,
-            "ilp_account_balance{{peer=\"{}\"}} {}",
-            a.id,
-            a.balance()
-        );
-    }
     gauge(
         s,
-        "ilp_account_reserved",
-        "Amounts reserved by Prepares in flight, from the peer (in) and to it (out).",
+        "ilp_account_reserved_in",
+        "Amounts reserved by Prepares from the peer still in flight.",
+        &Account::reserved_in,
     );
-    for a in &book.accounts {
-        for (dir, v) in [("in", a.reserved_in()), ("out", a.reserved_out())] {
-            let _ = writeln!(
-                s,
-                "ilp_account_reserved{{peer=\"{}\",direction=\"{dir}\"}} {v}",
-                a.id
-            );
-        }
-    }
+    gauge(
+        s,
+        "ilp_account_reserved_out",
+        "Amounts reserved by Prepares to the peer still in flight.",
+        &Account::reserved_out,
+    );
     gauge(
         s,
         "ilp_account_settlement_needed",
         "1 when the balance is at or below settleThreshold.",
+        &|a| i64::from(a.needs_settlement()),
     );
-    for a in &book.accounts {
-        let _ = writeln!(
-            s,
-            "ilp_account_settlement_needed{{peer=\"{}\"}} {}",
-            a.id,
-            u8::from(a.needs_settlement())
-        );
-    }
     s.push_str("# HELP ilp_account_rejects_total Prepares from the peer that were rejected, by code.\n# TYPE ilp_account_rejects_total counter\n");
     for a in &book.accounts {
         for i in 0..=N_CODES {
