@@ -838,10 +838,12 @@ fn accounting(
         for &s in shards {
             for round in 0..rounds {
                 for (label, accounts) in modes {
+                    // A link to the fulfiller from every shard: no packet is handed over, so
+                    // where the sender's links land does not change the cost.
                     let node = NodeOptions {
                         spin_us: 0,
                         pin: false,
-                        links: None,
+                        links: Some(s),
                         accounts,
                     };
                     let chain = Chain::start(bin, 1, s, node)?;

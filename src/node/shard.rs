@@ -6,7 +6,8 @@
 //! `links: N` says so — a peer that keeps one socket per account, like the JS reference,
 //! would evict all but one), one task per link, a pool of packet workers (grown when
 //! every worker is busy, shrunk when many are idle: no task is spawned per packet), the
-//! deadline driver, the peer watcher (runtime add/remove) and one receiver per other shard for
+//! deadline driver, the peer watcher (runtime add/remove), the accounts task (journal writes,
+//! lease returns; only when a peer has `balance`) and one receiver per other shard for
 //! packets handed over.
 //!
 //! A packet goes out on a link of this shard when there is one; only when the next hop has no
