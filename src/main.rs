@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use ilp_connector::codec::{BtpPacket, Packet};
 use ilp_connector::config::Config;
-use ilp_connector::node::connector::{ConnectorNode, StartError};
+use ilp_connector::node::connector::StartError;
 use ilp_connector::testkit::{run_local, Mode, ThreeNodes};
 use ilp_connector::tools;
 
@@ -170,7 +170,7 @@ fn run(path: &str, human: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut node = match ConnectorNode::start(config) {
+    let mut node = match ilp_connector::admin::start_node(config) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");

@@ -446,7 +446,7 @@ impl ThreeNodes {
 
 fn start_node(name: &str, yaml: &str) -> Result<ConnectorNode, String> {
     let config = Config::from_yaml(yaml).map_err(|e| format!("config of {name}: {e}"))?;
-    let node = ConnectorNode::start(config).map_err(|e| format!("cannot start {name}: {e}"))?;
+    let node = crate::admin::start_node(config).map_err(|e| format!("cannot start {name}: {e}"))?;
     if !node.wait_ready(Duration::from_secs(10)) {
         return Err(format!("connector {name} did not become ready"));
     }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
-use ilp_connector::node::connector::ConnectorNode;
 use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
 
 struct CountOnShards;
@@ -97,7 +96,7 @@ async fn blast(s: &Rc<SenderLink>, rounds: usize) -> usize {
 #[test]
 fn forwarding_allocates_less_than_once_per_packet() {
     let f = Fulfiller::start("n", "secret-r", Mode::Fulfill);
-    let node = ConnectorNode::start(
+    let node = ilp_connector::admin::start_node(
         Config::from_yaml(&format!(
             "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-r}}\n",
             f.url()

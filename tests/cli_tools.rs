@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
-use ilp_connector::node::connector::ConnectorNode;
 use ilp_connector::testkit::{run_local, SenderLink};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ilp-connector");
@@ -42,7 +41,7 @@ fn receive_listens_for_a_node_and_honours_the_hooks() {
         .nth(3)
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
-    let node = ConnectorNode::start(
+    let node = ilp_connector::admin::start_node(
         Config::from_yaml(&format!(
             "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: r, relation: child, url: \"ws://127.0.0.1:{port}\", authToken: secret-r}}\n"
         ))
@@ -78,7 +77,7 @@ fn receive_listens_for_a_node_and_honours_the_hooks() {
 
 #[test]
 fn send_fails_clearly_on_a_bad_url_or_token() {
-    let node = ConnectorNode::start(
+    let node = ilp_connector::admin::start_node(
         Config::from_yaml(
             "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
         )

@@ -33,7 +33,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start(yaml: &str) -> ConnectorNode {
-    let node = ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap();
+    let node = ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)), "node ready");
     node
 }
@@ -607,7 +607,7 @@ fn second_node_on_the_same_port_fails_to_start() {
     drop(first);
     let yaml = format!("nodeId: a\nilpAddress: test.a\nbtpServerPort: {port}\n");
     let a = start(&yaml);
-    match ConnectorNode::start(Config::from_yaml(&yaml).unwrap()) {
+    match ilp_connector::admin::start_node(Config::from_yaml(&yaml).unwrap()) {
         Err(StartError::Bind { port: p, reason }) => {
             assert_eq!(p, port);
             assert!(reason.contains("another node"), "{reason}");

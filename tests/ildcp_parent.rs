@@ -15,7 +15,7 @@ use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
 mod reference;
 
 fn start(yaml: &str) -> ConnectorNode {
-    ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap()
+    ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap()
 }
 
 fn wait_for(what: &str, bound: Duration, mut f: impl FnMut() -> bool) -> Duration {

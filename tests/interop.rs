@@ -21,7 +21,7 @@ use reference::{next_line, node_script, Reaped};
 #[test]
 fn reference_client_against_our_server() {
     let f = Fulfiller::start("connector-a", "secret-ar", Mode::Fulfill);
-    let a = ConnectorNode::start(
+    let a = ilp_connector::admin::start_node(
         Config::from_yaml(&format!(
             "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\npeers:\n  - {{id: js, relation: child, authToken: secret-js}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-ar}}\n",
             f.url()
@@ -71,7 +71,7 @@ fn node_dialling_reference_listener(
     let port = next_line(&rx, "listening port")["port"]
         .as_u64()
         .expect("port") as u16;
-    let node = ConnectorNode::start(
+    let node = ilp_connector::admin::start_node(
         Config::from_yaml(&format!(
             "nodeId: connector-a\nilpAddress: test.a\nbtpServerPort: 0\n{extra}peers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: js, relation: peer, url: \"ws://127.0.0.1:{port}\", authToken: secret-js}}\nroutes:\n  - {{prefix: test.js, nextHop: js}}\n"
         ))
@@ -237,7 +237,7 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
         .as_u64()
         .expect("port");
     let b = Arc::new(
-        ConnectorNode::start(
+        ilp_connector::admin::start_node(
             Config::from_yaml(&format!(
                 "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nshards: 2\npeers:\n  - {{id: jsa, relation: peer, authToken: secret-ab}}\n  - {{id: jsc, relation: peer, url: \"ws://127.0.0.1:{c_port}\", authToken: secret-bc}}\nroutes:\n  - {{prefix: test.jsc, nextHop: jsc}}\n"
             ))

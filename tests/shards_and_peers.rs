@@ -10,7 +10,7 @@ use ilp_connector::node::connector::ConnectorNode;
 use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
 
 fn start(yaml: &str) -> ConnectorNode {
-    let node = ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap();
+    let node = ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)), "node ready");
     node
 }
@@ -388,4 +388,51 @@ fn stalled_admin_write_does_not_block_health() {
     assert!([200, 503].contains(&status));
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     drop(stalled);
+}
+
+/// Idle admin connections cost no threads (the old server spawned one per connection) and
+/// do not stop `/health` answering; a request whose headers never finish is dropped after
+/// the header timeout.
+#[test]
+fn idle_admin_connections_cost_no_threads() {
+    use std::io::{Read, Write};
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let node = start(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\npeers:\n  - {id: sender, relation: child, authToken: secret-s}\n",
+    );
+    let port = node.admin_port().unwrap();
+    let before = threads();
+    let idle: Vec<_> = (0..300)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        threads() <= before + 2,
+        "{} threads, {before} before",
+        threads()
+    );
+    let t = std::time::Instant::now();
+    let status = match ureq::get(&format!("http://127.0.0.1:{port}/health"))
+        .timeout(Duration::from_secs(3))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("/health: {e}"),
+    };
+    assert!([200, 503].contains(&status));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The unfinished request is closed after the header timeout (5 s), bounded here by 10 s.
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = half
+        .read(&mut buf)
+        .expect("the node closes it (a read timeout here means it did not)");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    drop(idle);
 }

@@ -53,7 +53,7 @@ impl Drop for Pki {
 }
 
 fn start(yaml: &str) -> ConnectorNode {
-    ConnectorNode::start(Config::from_yaml(yaml).unwrap()).unwrap()
+    ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap()
 }
 
 /// B serves `wss` only; its child `receiver` is the test fulfiller (plain, B dials it).

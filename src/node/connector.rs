@@ -87,11 +87,23 @@ pub struct ConnectorNode {
     port_lock: Option<PortLock>,
     threads: Option<PoolThreadHandles<()>>,
     btp_port: u16,
-    admin: Option<super::super::admin::AdminServer>,
+    admin: Option<Box<dyn Sidecar>>,
+}
+
+/// A server started with the node on its `healthCheckPort` (the admin port, which lives
+/// above the node: `crate::admin::start_node`), stopped with it.
+pub trait Sidecar: Send + Sync {
+    fn port(&self) -> u16;
+    fn stop(self: Box<Self>);
 }
 
 impl ConnectorNode {
-    pub fn start(config: Config) -> Result<ConnectorNode, StartError> {
+    /// Starts the node; `admin` starts the server for `healthCheckPort` (if set) once the
+    /// shards run.
+    pub fn start_with(
+        config: Config,
+        admin: impl FnOnce(u16, Arc<NodeShared>) -> Result<Box<dyn Sidecar>, String>,
+    ) -> Result<ConnectorNode, StartError> {
         config
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
@@ -305,7 +317,7 @@ impl ConnectorNode {
             admin: None,
         };
         if let Some(admin_port) = shared.config.health_check_port {
-            match super::super::admin::AdminServer::start(admin_port, shared.clone()) {
+            match admin(admin_port, shared.clone()) {
                 Ok(a) => node.admin = Some(a),
                 Err(reason) => {
                     node.stop();
@@ -330,7 +342,7 @@ impl ConnectorNode {
     }
 
     pub fn admin_port(&self) -> Option<u16> {
-        self.admin.as_ref().map(|a| a.port)
+        self.admin.as_ref().map(|a| a.port())
     }
 
     pub fn routing_table(&self) -> &RoutingTable {

@@ -1,5 +1,6 @@
-//! The admin HTTP port (tiny_http, on its own thread, off the shards), bound to `adminHost`
-//! (default 127.0.0.1). `/health` and `/metrics` are open; every other endpoint needs
+//! The admin port's endpoints, as plain functions of a request [`Head`] (and body) to a
+//! [`Reply`]; the HTTP server around them is `super` (hyper).
+//! `/health` and `/metrics` are open; every other endpoint needs
 //! `Authorization: Bearer <adminToken>` (compared in constant time). Without an admin token,
 //! writes get 403 (so a web page in a browser on the host cannot add a peer), and the other
 //! reads are served only on a loopback `adminHost`. Writes also need
@@ -21,12 +22,7 @@
 //!   "idempotencyKey": "…"}`: adds `amount` to the balance once per key, journaled first
 //!   (200 with the balance; `"duplicate": true` when the key was seen).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use std::io::Read;
+use hyper::Method;
 
 use crate::btp::auth::Credential;
 use crate::config::PeerConfig;
@@ -34,12 +30,19 @@ use crate::node::connector::{add_peer, health, reload_tls, remove_peer, NodeShar
 use crate::node::metrics;
 use crate::node::peers::PeerError;
 
-/// Largest request body read (a peer definition is a few hundred bytes).
-const MAX_BODY: u64 = 64 * 1024;
+/// Status, content type, body.
+pub type Reply = (u16, &'static str, String);
 
-type Reply = (u16, &'static str, String);
+/// What the endpoints read of a request besides its body.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub method: Method,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+}
 
-fn json_error(status: u16, message: impl std::fmt::Display) -> Reply {
+pub fn json_error(status: u16, message: impl std::fmt::Display) -> Reply {
     let body = serde_json::json!({ "error": message.to_string() }).to_string();
     (status, "application/json", body)
 }
@@ -133,12 +136,8 @@ struct Settlement {
     idempotency_key: String,
 }
 
-fn post_settlement(shared: &NodeShared, id: &str, req: &mut tiny_http::Request) -> Reply {
-    let mut body = String::new();
-    if let Err(e) = req.as_reader().take(MAX_BODY).read_to_string(&mut body) {
-        return json_error(400, format!("cannot read body: {e}"));
-    }
-    let s: Settlement = match serde_json::from_str(&body) {
+fn post_settlement(shared: &NodeShared, id: &str, body: &[u8]) -> Reply {
+    let s: Settlement = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(e) => return json_error(400, format!("invalid settlement: {e}")),
     };
@@ -166,12 +165,8 @@ fn post_settlement(shared: &NodeShared, id: &str, req: &mut tiny_http::Request) 
     }
 }
 
-fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
-    let mut body = String::new();
-    if let Err(e) = req.as_reader().take(MAX_BODY).read_to_string(&mut body) {
-        return json_error(400, format!("cannot read body: {e}"));
-    }
-    let mut peer: PeerConfig = match serde_json::from_str(&body) {
+fn post_peer(shared: &NodeShared, body: &[u8]) -> Reply {
+    let mut peer: PeerConfig = match serde_json::from_slice(body) {
         Ok(p) => p,
         Err(e) => return json_error(400, format!("invalid peer: {e}")),
     };
@@ -186,28 +181,21 @@ fn post_peer(shared: &NodeShared, req: &mut tiny_http::Request) -> Reply {
 }
 
 /// GET and HEAD read; everything else writes (and may carry a body).
-fn is_read(method: &tiny_http::Method) -> bool {
-    matches!(method, tiny_http::Method::Get | tiny_http::Method::Head)
+pub fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
 }
 
 /// Whether the request may go on; the refusal otherwise.
-fn authorize(
+pub fn authorize(
     admin_token: Option<&Credential>,
-    req: &tiny_http::Request,
+    head: &Head,
     loopback: bool,
 ) -> Result<(), Reply> {
-    let open = matches!(req.url(), "/health" | "/metrics")
-        && matches!(req.method(), tiny_http::Method::Get);
+    let open = matches!(head.path.as_str(), "/health" | "/metrics") && head.method == Method::GET;
     if open {
         return Ok(());
     }
-    let write = !is_read(req.method());
-    let header = |name: &str| {
-        req.headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str().to_owned())
-    };
+    let write = !is_read(&head.method);
     match &admin_token {
         None if write => {
             return Err(json_error(
@@ -223,16 +211,18 @@ fn authorize(
         }
         None => {}
         Some(token) => {
-            let given = header("Authorization")
-                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
+            let given = head
+                .authorization
+                .as_deref()
+                .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or_default();
             if !token.matches(given.as_bytes()) {
                 return Err(json_error(401, "missing or wrong bearer token"));
             }
         }
     }
-    if write && matches!(req.method(), tiny_http::Method::Post) {
-        let json = header("Content-Type").is_some_and(|c| {
+    if head.method == Method::POST {
+        let json = head.content_type.as_deref().is_some_and(|c| {
             c.split(';')
                 .next()
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
@@ -244,18 +234,10 @@ fn authorize(
     Ok(())
 }
 
-fn route(
-    shared: &NodeShared,
-    admin_token: Option<&Credential>,
-    req: &mut tiny_http::Request,
-    loopback: bool,
-) -> Reply {
-    if let Err(refused) = authorize(admin_token, req, loopback) {
-        return refused;
-    }
-    let url = req.url().to_owned();
-    match (req.method(), url.as_str()) {
-        (tiny_http::Method::Get, "/health") => {
+/// Answers an authorized read (quick: nothing here waits).
+pub fn read(shared: &NodeShared, head: &Head) -> Reply {
+    match head.path.as_str() {
+        "/health" => {
             let h = health(shared);
             let code = if h.status == "ready" { 200 } else { 503 };
             (
@@ -264,7 +246,7 @@ fn route(
                 serde_json::to_string(&h).unwrap_or_default(),
             )
         }
-        (tiny_http::Method::Get, "/metrics") => (
+        "/metrics" => (
             200,
             "text/plain; version=0.0.4",
             metrics::render(
@@ -275,114 +257,42 @@ fn route(
                 &shared.book,
             ),
         ),
-        (tiny_http::Method::Get, "/accounts") => accounts_json(shared, None),
-        (tiny_http::Method::Get, path) if path.starts_with("/accounts/") => {
+        "/accounts" => accounts_json(shared, None),
+        path if path.starts_with("/accounts/") => {
             accounts_json(shared, Some(&path["/accounts/".len()..]))
         }
-        (tiny_http::Method::Post, path)
-            if path.starts_with("/accounts/") && path.ends_with("/settlements") =>
-        {
-            let id = &path["/accounts/".len()..path.len() - "/settlements".len()];
-            post_settlement(shared, id, req)
-        }
-        (tiny_http::Method::Get, "/peers") => peers_json(shared),
-        (tiny_http::Method::Get, "/routes") => routes_json(shared),
-        (tiny_http::Method::Post, "/tls/reload") => match reload_tls(shared) {
+        "/peers" => peers_json(shared),
+        "/routes" => routes_json(shared),
+        _ => not_found(),
+    }
+}
+
+/// Answers an authorized write with its body. May block (a peer change waits until every
+/// shard has applied it, a settlement until its journal record is durable): the server runs
+/// it on its blocking pool.
+pub fn write(shared: &NodeShared, head: &Head, body: &[u8]) -> Reply {
+    match (&head.method, head.path.as_str()) {
+        (&Method::POST, "/tls/reload") => match reload_tls(shared) {
             Ok(()) => (200, "application/json", "{}".into()),
             Err(e) => json_error(500, e),
         },
-        (tiny_http::Method::Post, "/peers") => post_peer(shared, req),
-        (tiny_http::Method::Delete, path) if path.starts_with("/peers/") => {
+        (&Method::POST, "/peers") => post_peer(shared, body),
+        (&Method::POST, path)
+            if path.starts_with("/accounts/") && path.ends_with("/settlements") =>
+        {
+            let id = &path["/accounts/".len()..path.len() - "/settlements".len()];
+            post_settlement(shared, id, body)
+        }
+        (&Method::DELETE, path) if path.starts_with("/peers/") => {
             match remove_peer(shared, &path["/peers/".len()..]) {
                 Ok(()) => (204, "application/json", String::new()),
                 Err(e) => json_error(404, e),
             }
         }
-        _ => (404, "text/plain", "not found\n".to_owned()),
+        _ => not_found(),
     }
 }
 
-/// Write requests handled at once (each on its own thread, reading its body).
-const MAX_WRITERS: usize = 4;
-
-fn respond(req: tiny_http::Request, (status, ctype, body): Reply) {
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
-    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(h) = header {
-        resp = resp.with_header(h);
-    }
-    let _ = req.respond(resp);
-}
-
-pub struct AdminServer {
-    pub port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AdminServer {
-    pub(crate) fn start(port: u16, shared: Arc<NodeShared>) -> Result<AdminServer, String> {
-        let host = shared.config.admin_host.as_deref().unwrap_or("127.0.0.1");
-        let server = tiny_http::Server::http((host, port)).map_err(|e| e.to_string())?;
-        let loopback = server
-            .server_addr()
-            .to_ip()
-            .is_some_and(|a| a.ip().is_loopback());
-        let port = server.server_addr().to_ip().map_or(port, |a| a.port());
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let writers = Arc::new(AtomicUsize::new(0));
-        // Compared like BTP tokens: constant time over digests.
-        let admin_token = shared
-            .config
-            .admin_token
-            .as_deref()
-            .map(|t| Arc::new(Credential::new("admin", t)));
-        let thread = std::thread::Builder::new()
-            .name("admin-http".into())
-            .spawn(move || {
-                while !stop2.load(Ordering::Relaxed) {
-                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
-                        continue;
-                    };
-                    if is_read(req.method()) {
-                        let reply = route(&shared, admin_token.as_deref(), &mut req, loopback);
-                        respond(req, reply);
-                        continue;
-                    }
-                    // A write reads a body, which a client may never send: off this thread
-                    // (so /health keeps answering), at most MAX_WRITERS at once.
-                    if writers.fetch_add(1, Ordering::SeqCst) >= MAX_WRITERS {
-                        writers.fetch_sub(1, Ordering::SeqCst);
-                        respond(req, json_error(503, "too many admin writes in progress"));
-                        continue;
-                    }
-                    let (node, done, token) =
-                        (shared.clone(), writers.clone(), admin_token.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("admin-write".into())
-                        .spawn(move || {
-                            let reply = route(&node, token.as_deref(), &mut req, loopback);
-                            respond(req, reply);
-                            done.fetch_sub(1, Ordering::SeqCst);
-                        });
-                    if spawned.is_err() {
-                        writers.fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(AdminServer {
-            port,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn not_found() -> Reply {
+    (404, "text/plain", "not found\n".to_owned())
 }
