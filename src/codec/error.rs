@@ -46,8 +46,10 @@ pub enum DecodeErrorKind {
     InvalidUtf8(&'static str),
     #[error("{0} is not ASCII")]
     NotAscii(&'static str),
-    #[error("BTP protocol data entry count {0} exceeds what the remaining bytes can hold")]
+    #[error("entry count {0} exceeds what the remaining bytes can hold")]
     TooManyEntries(u64),
+    #[error("{0} bytes after the end of the message")]
+    TrailingBytes(usize),
 }
 
 /// A decode failure: what went wrong and at which byte offset.

@@ -8,6 +8,7 @@
 //! - [`ilp`]: ILPv4 Prepare / Fulfill / Reject views and encoders;
 //! - [`btp`]: BTP 2.0 packets;
 //! - [`ildcp`]: the ILDCP response payload and the peer-protocol condition;
+//! - [`ccp`]: the route protocol's control and update requests;
 //! - [`error`]: the one decode error type (what and where).
 //!
 //! Decoders take a `bytes::Bytes` and return views that borrow nothing but share that buffer;
@@ -16,6 +17,7 @@
 
 pub mod address;
 pub mod btp;
+pub mod ccp;
 pub mod error;
 pub mod error_code;
 pub mod ildcp;
