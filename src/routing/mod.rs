@@ -1,9 +1,10 @@
 //! Routing: a segment-aware longest-prefix trie ([`trie`]) published RCU-style to every shard
-//! ([`table`]).
+//! ([`table`]), and the route protocol's state ([`ccp`], sans-IO).
 //!
 //! A [`Route`] maps a prefix (a valid ILP address, or a bare scheme such as `g` or `test`) to
 //! the id of the next-hop peer. Invalid prefixes are refused when the route is made.
 
+pub mod ccp;
 pub mod table;
 pub mod trie;
 
