@@ -79,6 +79,13 @@ pub struct PeerConfig {
     /// Amount per second from this peer; over it, T04.
     #[serde(default)]
     pub throughput: Option<ThroughputConfig>,
+    /// Route protocol (CCP): advertise our routes to this peer. Default: yes for `peer` and
+    /// `parent`, no for `child` (as the JS connector).
+    #[serde(default)]
+    pub send_routes: Option<bool>,
+    /// Route protocol: take routes from this peer. Same defaults.
+    #[serde(default)]
+    pub receive_routes: Option<bool>,
 }
 
 /// How many links to keep to a dialled peer (see [`PeerConfig::links`]).
@@ -382,6 +389,13 @@ pub struct Config {
     /// Where balances are journaled; required when a peer has `balance`.
     #[serde(default)]
     pub journal: Option<JournalConfig>,
+    /// The route protocol (CCP) with peers and parents; off: static routes only.
+    #[serde(default = "d_true")]
+    pub route_broadcast: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 fn default_log_level() -> String {

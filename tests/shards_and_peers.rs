@@ -194,6 +194,8 @@ fn peers_added_and_removed_at_runtime() {
         balance: None,
         rate_limit: None,
         throughput: None,
+        send_routes: None,
+        receive_routes: None,
     })
     .unwrap();
     let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();

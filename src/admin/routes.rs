@@ -9,7 +9,8 @@
 //! - `GET /health`: 200 when ready, else 503, JSON;
 //! - `GET /metrics`: Prometheus text;
 //! - `GET /peers`: every peer with its relation and live links per shard (no secrets);
-//! - `GET /routes`: the routing table (`prefix`, `nextHop`; the default route has prefix `""`);
+//! - `GET /routes`: the routing table (`prefix`, `nextHop`, `origin`: config, child, learned
+//!   (with the CCP `path`) or default; the default route has prefix `""`);
 //! - `POST /peers` with a JSON peer (the YAML peer keys: `id`, `relation`, `url`, `authToken`,
 //!   …): adds it at runtime (201; 409 if it exists, 400 if invalid);
 //! - `DELETE /peers/<id>`: removes it, closing its links (204; 404 if unknown);
@@ -69,14 +70,21 @@ fn peers_json(shared: &NodeShared) -> Reply {
 }
 
 fn routes_json(shared: &NodeShared) -> Reply {
-    let trie = shared.routing.snapshot();
-    let mut list: Vec<serde_json::Value> = trie
-        .routes()
+    use crate::node::routes::{desired, Origin};
+    let d = desired(shared);
+    let mut list: Vec<serde_json::Value> = d
+        .routes
         .iter()
-        .map(|r| serde_json::json!({ "prefix": r.prefix(), "nextHop": r.next_hop() }))
+        .map(|(prefix, hop, origin)| match origin {
+            Origin::Config => serde_json::json!({ "prefix": prefix, "nextHop": hop, "origin": "config" }),
+            Origin::Child => serde_json::json!({ "prefix": prefix, "nextHop": hop, "origin": "child" }),
+            Origin::Learned { path } => {
+                serde_json::json!({ "prefix": prefix, "nextHop": hop, "origin": "learned", "path": path })
+            }
+        })
         .collect();
-    if let Some(d) = trie.default_route() {
-        list.push(serde_json::json!({ "prefix": "", "nextHop": d.next_hop() }));
+    if let Some(hop) = d.default_route {
+        list.push(serde_json::json!({ "prefix": "", "nextHop": hop, "origin": "default" }));
     }
     (
         200,

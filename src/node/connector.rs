@@ -27,7 +27,7 @@ use super::shard::{Handoff, Shard};
 use crate::accounts::Book;
 use crate::btp::link::LinkCounters;
 use crate::codec::Address;
-use crate::config::{Config, PeerConfig, Relation};
+use crate::config::{Config, PeerConfig};
 use crate::routing::RoutingTable;
 
 pub struct NodeShared {
@@ -45,7 +45,9 @@ pub struct NodeShared {
     /// Counters every link of the node adds to (late Fulfills, write timeouts, bad frames).
     pub link_counters: Arc<LinkCounters>,
     pub stopping: AtomicBool,
-    started: Instant,
+    /// The route protocol's state, once our address is known (see `ccp`).
+    pub ccp: std::sync::Mutex<Option<crate::routing::ccp::Ccp>>,
+    pub(crate) started: Instant,
     ready: AtomicBool,
 }
 
@@ -124,33 +126,6 @@ impl ConnectorNode {
             (None, None) => return Err(StartError::Config("ilpAddress missing".into())),
         };
         let routing = RoutingTable::new();
-        let mut routes: Vec<(String, String)> = config
-            .routes
-            .iter()
-            .map(|r| (r.prefix.clone(), r.next_hop.clone()))
-            .collect();
-        // Children get `<our address>.<child id>` without a configured route (once we know
-        // our address: see `learned`).
-        if let Some(address) = identity.address() {
-            for p in config
-                .peers
-                .iter()
-                .filter(|p| p.relation == Relation::Child)
-            {
-                let prefix = format!("{}.{}", address, p.id);
-                if !routes.iter().any(|(pre, _)| *pre == prefix) {
-                    routes.push((prefix, p.id.clone()));
-                }
-            }
-        }
-        // The parent we learn our address from is the default route unless one is given.
-        let default_route = config.default_route.as_deref().or(parent.as_deref());
-        routing
-            .replace_all(
-                routes.iter().map(|(p, h)| (p.as_str(), h.as_str())),
-                default_route,
-            )
-            .map_err(|e| StartError::Config(e.to_string()))?;
         let btp_tls = match &config.btp_server_tls {
             Some(t) => Some(
                 crate::btp::tls::server_config(&t.cert_file, &t.key_file)
@@ -169,11 +144,17 @@ impl ConnectorNode {
             link_counters: Arc::default(),
             identity,
             routing,
+            ccp: std::sync::Mutex::new(None),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             config,
         });
+        if let Some(address) = shared.identity.address() {
+            let ccp = super::ccp::create(&shared, address);
+            *shared.ccp.lock().unwrap_or_else(|e| e.into_inner()) = Some(ccp);
+        }
+        super::routes::rebuild(&shared).map_err(|e| StartError::Config(e.to_string()))?;
         tracing::info!(nodeId = %shared.config.node_id, component = "connector", event = "connector_starting", shards = n,
             address = shared.identity.address().map_or("(from the parent, by ILDCP)", Address::as_str));
 
@@ -450,16 +431,15 @@ pub(crate) fn add_peer(shared: &NodeShared, peer: PeerConfig) -> Result<(), Peer
         }));
     }
     let entry = shared.peers.add(peer)?;
-    // Without our address yet, the route is added when it is learned.
-    if let (Relation::Child, Some(address)) = (entry.config.relation, shared.identity.address()) {
-        let prefix = format!("{}.{}", address, entry.id());
-        if let Err(e) = shared.routing.add(&prefix, entry.id()) {
-            let _ = shared.peers.remove(entry.id());
-            return Err(PeerError::Invalid(crate::config::ConfigError::Invalid {
-                key: "id".into(),
-                reason: e.to_string(),
-            }));
-        }
+    super::ccp::peer_added(shared, &entry.config);
+    // A child gets its route (once our address is known).
+    if let Err(e) = super::routes::rebuild(shared) {
+        let _ = shared.peers.remove(entry.id());
+        super::ccp::peer_removed(shared, entry.id());
+        return Err(PeerError::Invalid(crate::config::ConfigError::Invalid {
+            key: "id".into(),
+            reason: e.to_string(),
+        }));
     }
     log_peer_change(shared, &entry, "peer_added");
     shared.peers.wait_applied(PEER_CHANGE_BOUND);
@@ -470,7 +450,10 @@ pub(crate) fn add_peer(shared: &NodeShared, peer: PeerConfig) -> Result<(), Peer
 /// it again, and every route through it goes.
 pub(crate) fn remove_peer(shared: &NodeShared, id: &str) -> Result<(), PeerError> {
     let entry = shared.peers.remove(id)?;
-    shared.routing.remove_next_hop(id);
+    super::ccp::peer_removed(shared, id);
+    if let Err(e) = super::routes::rebuild(shared) {
+        tracing::warn!(nodeId = %shared.config.node_id, component = "peers", event = "routes_not_rebuilt", error = %e);
+    }
     log_peer_change(shared, &entry, "peer_removed");
     shared.peers.wait_applied(PEER_CHANGE_BOUND);
     Ok(())
@@ -530,13 +513,10 @@ pub(crate) fn learned(shared: &NodeShared, answer: Own) {
             tracing::info!(nodeId = %node, component = "connector", event = "ildcp_address_learned",
                 address = %answer.address, assetCode = %answer.asset_code, assetScale = answer.asset_scale,
                 parent = shared.identity.parent().unwrap_or(""));
-            for p in shared.peers.list() {
-                if p.config.relation == Relation::Child {
-                    let prefix = format!("{}.{}", answer.address, p.id());
-                    if let Err(e) = shared.routing.add(&prefix, p.id()) {
-                        tracing::warn!(nodeId = %node, component = "connector", event = "child_route_refused", peer = %p.id(), error = %e);
-                    }
-                }
+            let ccp = super::ccp::create(shared, &answer.address);
+            *shared.ccp.lock().unwrap_or_else(|e| e.into_inner()) = Some(ccp);
+            if let Err(e) = super::routes::rebuild(shared) {
+                tracing::warn!(nodeId = %node, component = "connector", event = "child_routes_refused", error = %e);
             }
         }
         Learned::Same => {}

@@ -29,6 +29,7 @@ pub struct ShardMetrics {
     latency_sum_us: AtomicU64,
     in_flight: AtomicI64,
     handed_over: AtomicU64,
+    ccp_messages: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -55,6 +56,12 @@ impl ShardMetrics {
             .unwrap_or(BUCKETS_US.len());
         self.latency[b].fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(latency_us, Relaxed);
+    }
+
+    /// A route protocol message got its answer (not counted as a forwarded packet).
+    pub fn ccp_message_done(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.ccp_messages.fetch_add(1, Relaxed);
     }
 
     /// A packet went out through another shard's link.
@@ -118,6 +125,11 @@ pub fn render(
         sum(&|m| m.handed_over.load(Relaxed))
     );
     for (name, help, value) in [
+        (
+            "ilp_ccp_messages_received_total",
+            "Route protocol (CCP) messages answered (not in ilp_packets_total).",
+            sum(&|m| m.ccp_messages.load(Relaxed)),
+        ),
         (
             "ilp_late_fulfills_total",
             "Fulfills that arrived after we had stopped waiting (the amount is at risk).",

@@ -239,6 +239,8 @@ mod tests {
             balance: None,
             rate_limit: None,
             throughput: None,
+            send_routes: None,
+            receive_routes: None,
         }
     }
 

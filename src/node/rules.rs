@@ -79,6 +79,9 @@ pub enum Decision<H> {
     Refuse(Refusal),
     /// Answer an ILDCP request from a child with its address.
     Ildcp,
+    /// A route protocol message (`peer.route.control` / `peer.route.update`) for the CCP
+    /// endpoint; condition and expiry already checked.
+    Ccp,
     /// Forward to `next_hop` with this expiry (amount unchanged).
     Forward { next_hop: H, expires_at: Timestamp },
 }
@@ -108,6 +111,22 @@ pub fn decide<H>(
                 ));
             }
             return Decision::Ildcp;
+        }
+        if dest.starts_with(b"peer.route.") {
+            // As JS answers CCP (shared/spec/CCP.md §1): F01 for the condition, F00 when expired.
+            if prepare.execution_condition() != &PEER_PROTOCOL_CONDITION {
+                return Decision::Refuse(Refusal::new(
+                    ErrorCode::F01_INVALID_PACKET,
+                    "condition must be peer protocol condition.",
+                ));
+            }
+            if prepare.expires_at() <= now {
+                return Decision::Refuse(Refusal::new(
+                    ErrorCode::F00_BAD_REQUEST,
+                    "CCP request packet is expired.",
+                ));
+            }
+            return Decision::Ccp;
         }
         return Decision::Refuse(Refusal::new(
             ErrorCode::F02_UNREACHABLE,
@@ -262,6 +281,7 @@ mod tests {
                 other => panic!("unexpected {other}"),
             },
             Decision::Ildcp => "ildcp",
+            Decision::Ccp => "ccp",
             Decision::Forward { .. } => "forward",
         }
     }

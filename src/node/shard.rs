@@ -306,6 +306,14 @@ impl Shard {
             }
         }
         let accounts = glommio::spawn_local(self.accounts.clone().run());
+        let (me, stop) = (self.clone(), self.clone());
+        glommio::spawn_local(super::ccp::run(
+            self.node.clone(),
+            self.index,
+            move |peer| me.pick_link(peer),
+            move || stop.stopping(),
+        ))
+        .detach();
         let me = self.clone();
         let accept = glommio::spawn_local(async move { me.accept_loop(listener).await });
         self.until_stopping().await;
@@ -700,9 +708,13 @@ impl Shard {
             a
         };
         let latency_us = started.elapsed().as_micros() as u64;
-        self.metrics.packet_done(answer.reject, latency_us);
-        if let Some(code) = answer.reject {
-            self.accounts.count_reject(source, code);
+        if answer.ccp {
+            self.metrics.ccp_message_done();
+        } else {
+            self.metrics.packet_done(answer.reject, latency_us);
+            if let Some(code) = answer.reject {
+                self.accounts.count_reject(source, code);
+            }
         }
         if let Some(c) = &cid {
             tracing::debug!(nodeId = %self.node.config.node_id, component = "handler", event = "packet_response",
@@ -723,6 +735,7 @@ impl Shard {
         Answer {
             ilp: r.encode(self.node.identity.triggered_by()),
             reject: Some(r.code),
+            ccp: false,
         }
     }
 
@@ -765,6 +778,19 @@ impl Shard {
         };
         let (next_hop, expires_at) = match decision {
             Decision::Refuse(r) => return self.refuse(r),
+            Decision::Ccp => {
+                return match super::ccp::answer(node, source, &prepare) {
+                    Ok(ilp) => Answer {
+                        ilp,
+                        reject: None,
+                        ccp: true,
+                    },
+                    Err(r) => Answer {
+                        ccp: true,
+                        ..self.refuse(r)
+                    },
+                }
+            }
             Decision::Ildcp => {
                 // Known: `handle_message` answers nothing else until it is.
                 let Some(own) = node.identity.get() else {
@@ -783,6 +809,7 @@ impl Shard {
                             .unwrap_or(&own.asset_code),
                     ),
                     reject: None,
+                    ccp: false,
                 };
             }
             Decision::Forward {
@@ -880,6 +907,7 @@ impl Shard {
                             Answer {
                                 ilp: f.into_bytes(),
                                 reject: None,
+                                ccp: false,
                             }
                         }
                         Err(r) => self.refuse(r),
@@ -888,6 +916,7 @@ impl Shard {
                 Some(Ok(Packet::Reject(r))) => Answer {
                     reject: Some(r.code()),
                     ilp: r.into_bytes(),
+                    ccp: false,
                 },
                 _ => self.refuse(Refusal::new(
                     ErrorCode::T00_INTERNAL_ERROR,
@@ -934,4 +963,6 @@ async fn wait_until(bound: Instant, done: impl Fn() -> bool) {
 struct Answer {
     ilp: Bytes,
     reject: Option<ErrorCode>,
+    /// A route protocol message (counted apart from forwarded packets).
+    ccp: bool,
 }

@@ -220,6 +220,16 @@ impl Ccp {
             .is_some_and(|p| p.send_routes || p.receive_routes)
     }
 
+    /// Whether the peer has a live link now: calls [`link_up`](Self::link_up) or
+    /// [`link_down`](Self::link_down) when that changed.
+    pub fn set_link(&mut self, id: &str, up: bool, now: u64) {
+        match self.peers.get(id).map(|p| p.up) {
+            Some(false) if up => self.link_up(id, now),
+            Some(true) if !up => self.link_down(id),
+            _ => {}
+        }
+    }
+
     /// The peer's first link came up: ask it for routes (if we take its routes).
     pub fn link_up(&mut self, id: &str, now: u64) {
         let Some(p) = self.peers.get_mut(id) else {
@@ -433,11 +443,12 @@ impl Ccp {
         self.exported = next;
     }
 
-    /// Controls and updates due at `now` (each marked in flight until its result is given).
-    pub fn due(&mut self, now: u64) -> Vec<Outgoing> {
+    /// Controls and updates due at `now` for the peers `mine` selects (each marked in flight
+    /// until its result is given).
+    pub fn due(&mut self, now: u64, mine: impl Fn(&str) -> bool) -> Vec<Outgoing> {
         let mut out = Vec::new();
         let current = self.epoch();
-        let ids: Vec<String> = self.peers.keys().cloned().collect();
+        let ids: Vec<String> = self.peers.keys().filter(|id| mine(id)).cloned().collect();
         for id in ids {
             let p = &self.peers[&id];
             if !p.up {
@@ -678,11 +689,11 @@ mod tests {
         a.add_peer("b", Relation::Peer, true, true);
         a.link_up("b", 0);
         // We ask b for routes at once.
-        let out = a.due(0);
+        let out = a.due(0, |_| true);
         assert!(matches!(&out[0], Outgoing::Control { peer, .. } if peer == "b"));
         a.control_result("b", true, 1);
         // Nothing goes to b before it sends SYNC.
-        assert!(updates(&a.due(10)).is_empty());
+        assert!(updates(&a.due(10, |_| true)).is_empty());
         let sync = RouteControl {
             mode: MODE_SYNC,
             last_known_table_id: [0; 16],
@@ -690,7 +701,7 @@ mod tests {
             features: vec![],
         };
         a.on_control("b", &sync, 20).unwrap();
-        let u = updates(&a.due(20));
+        let u = updates(&a.due(20, |_| true));
         assert_eq!(u.len(), 1);
         let upd = RouteUpdate::decode(&u[0].1).unwrap();
         assert_eq!((upd.from_epoch, upd.to_epoch, upd.current_epoch), (0, 1, 1));
@@ -698,10 +709,10 @@ mod tests {
         assert_eq!(upd.new_routes[0].path, vec!["test.a"]);
         a.update_result("b", 1, true, 25);
         assert!(
-            updates(&a.due(30_000)).is_empty(),
+            updates(&a.due(30_000, |_| true)).is_empty(),
             "heartbeat only after 30 s"
         );
-        let hb = updates(&a.due(30_026));
+        let hb = updates(&a.due(30_026, |_| true));
         let hb = RouteUpdate::decode(&hb[0].1).unwrap();
         assert_eq!((hb.from_epoch, hb.to_epoch), (1, 1));
         assert!(hb.new_routes.is_empty() && hb.withdrawn.is_empty());
@@ -711,11 +722,11 @@ mod tests {
     fn exchange(a: &mut Ccp, an: &str, b: &mut Ccp, bn: &str, now: u64) {
         for _ in 0..10 {
             let mut moved = false;
-            for o in a.due(now) {
+            for o in a.due(now, |_| true) {
                 moved = true;
                 deliver(o, a, an, b, now);
             }
-            for o in b.due(now) {
+            for o in b.due(now, |_| true) {
                 moved = true;
                 deliver(o, b, bn, a, now);
             }
@@ -828,7 +839,7 @@ mod tests {
         let mut a = node("test.a");
         a.add_peer("b", Relation::Peer, true, true);
         a.link_up("b", 0);
-        let _ = a.due(0);
+        let _ = a.due(0, |_| true);
         a.control_result("b", true, 0);
         let upd = |from, to, prefix: &'static str| RouteUpdate {
             table_id: [9; 16],
@@ -848,7 +859,7 @@ mod tests {
         a.on_update("b", &upd(0, 2, "test.b"), 10).unwrap();
         a.on_update("b", &upd(5, 6, "test.gap"), 20).unwrap();
         assert_eq!(a.learned_from("b").len(), 1, "the gap is not applied");
-        let out = a.due(20);
+        let out = a.due(20, |_| true);
         let Outgoing::Control { data, .. } = &out[0] else {
             panic!("{out:?}")
         };
@@ -863,7 +874,7 @@ mod tests {
         let mut a = node("test.a");
         a.add_peer("b", Relation::Peer, false, true);
         a.link_up("b", 0);
-        let _ = a.due(0);
+        let _ = a.due(0, |_| true);
         a.control_result("b", true, 0);
         let u = RouteUpdate {
             table_id: [9; 16],
@@ -881,11 +892,14 @@ mod tests {
             withdrawn: vec![],
         };
         a.on_update("b", &u, 1).unwrap();
-        assert!(a.due(45_000).is_empty());
-        assert!(matches!(a.due(45_002)[..], [Outgoing::Control { .. }]));
+        assert!(a.due(45_000, |_| true).is_empty());
+        assert!(matches!(
+            a.due(45_002, |_| true)[..],
+            [Outgoing::Control { .. }]
+        ));
         a.control_result("b", true, 45_003);
         a.take_changed();
-        let _ = a.due(90_002);
+        let _ = a.due(90_002, |_| true);
         assert!(
             a.take_changed() && a.best().is_empty(),
             "expired after two hold-downs"
@@ -957,7 +971,7 @@ mod tests {
             };
             a.on_control(id, &sync, 0).unwrap();
         }
-        for (peer, data, _) in updates(&a.due(1)) {
+        for (peer, data, _) in updates(&a.due(1, |_| true)) {
             let u = RouteUpdate::decode(&data).unwrap();
             let new: Vec<&str> = u.new_routes.iter().map(|r| r.prefix).collect();
             assert_eq!(new, ["test.a"], "{peer}");

@@ -116,7 +116,7 @@ fn table(view: View, v: &serde_json::Value) -> String {
                 .collect(),
         ),
         View::Routes => columns(
-            &["PREFIX", "NEXT HOP"],
+            &["PREFIX", "NEXT HOP", "ORIGIN", "PATH"],
             list.iter()
                 .map(|r| {
                     let prefix = cell(&r["prefix"]);
@@ -125,7 +125,10 @@ fn table(view: View, v: &serde_json::Value) -> String {
                     } else {
                         prefix
                     };
-                    vec![shown, cell(&r["nextHop"])]
+                    let path = r["path"].as_array().map_or(String::new(), |p| {
+                        p.iter().map(cell).collect::<Vec<_>>().join(" ")
+                    });
+                    vec![shown, cell(&r["nextHop"]), cell(&r["origin"]), path]
                 })
                 .collect(),
         ),
@@ -212,11 +215,17 @@ mod tests {
             table(View::Peers, &peers),
             "ID  RELATION  LINKS/SHARD  URL\nb   peer      [1,0]        ws://h:1\n"
         );
-        let routes =
-            serde_json::json!([{"prefix":"test.c","nextHop":"c"},{"prefix":"","nextHop":"up"}]);
+        let routes = serde_json::json!([
+            {"prefix":"test.c","nextHop":"c","origin":"config"},
+            {"prefix":"test.d","nextHop":"c","origin":"learned","path":["test.c","test.d"]},
+            {"prefix":"","nextHop":"up","origin":"default"}
+        ]);
         assert_eq!(
             table(View::Routes, &routes),
-            "PREFIX     NEXT HOP\ntest.c     c\n(default)  up\n"
+            "PREFIX     NEXT HOP  ORIGIN   PATH\n\
+             test.c     c         config\n\
+             test.d     c         learned  test.c test.d\n\
+             (default)  up        default\n"
         );
         let accounts = serde_json::json!([
             {"id":"alice","assetCode":"USD","assetScale":2,"accounted":true,"balance":"-700",
