@@ -411,8 +411,10 @@ fn idle_admin_connections_cost_no_threads() {
     half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // Other tests in this binary start nodes (a few threads each) meanwhile; a thread per
+    // connection would add 300.
     assert!(
-        threads() <= before + 2,
+        threads() < before + 100,
         "{} threads, {before} before",
         threads()
     );

@@ -274,6 +274,7 @@ mod tests {
     fn code(d: Decision<&str>) -> &'static str {
         match d {
             Decision::Refuse(r) => match r.code.as_str() {
+                "F00" => "F00",
                 "F01" => "F01",
                 "F02" => "F02",
                 "R00" => "R00",
@@ -358,8 +359,21 @@ mod tests {
             outcome("peer.config", -1, PEER_PROTOCOL_CONDITION, true),
             "R00"
         );
+        // CCP goes to its endpoint once condition and expiry are right (F01 / F00 as JS).
         assert_eq!(
             outcome("peer.route.update", 5_000, PEER_PROTOCOL_CONDITION, false),
+            "ccp"
+        );
+        assert_eq!(
+            outcome("peer.route.control", 5_000, [1; 32], false),
+            "F01"
+        );
+        assert_eq!(
+            outcome("peer.route.control", -1, PEER_PROTOCOL_CONDITION, false),
+            "F00"
+        );
+        assert_eq!(
+            outcome("peer.other", 5_000, PEER_PROTOCOL_CONDITION, false),
             "F02"
         );
     }
