@@ -274,3 +274,97 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
     assert_eq!(fulfilled, 5000, "every packet fulfilled");
     assert_eq!((min, max), (1, 1), "exactly one link from B to C all along");
 }
+
+/// Issue 13: route exchange with the reference JS connector, no static routes anywhere:
+/// sender → JS A — our B — JS C → fulfiller, plus our own child `kid` of B. B learns
+/// `test.jsc` from C and `test.jsa` from A by CCP; A learns C's and B's prefixes through B;
+/// packets from A's child reach C's child and B's child.
+#[test]
+fn routes_learned_from_and_by_the_js_connector() {
+    let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
+    let rate = r#"{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}"#;
+    let c_config = format!(
+        r#"{{"ilpAddress":"test.jsc",
+        "accounts":{{
+          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"listener":{{"port":0,"secret":"secret-bc"}}}}}},
+          "receiver":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}}}}}}}"#,
+        fulfiller.port
+    );
+    let (_c, c_rx) = node_script("connector.js", &[&c_config]);
+    let c_port = next_line(&c_rx, "C's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    let b = ilp_connector::admin::start_node(
+        Config::from_yaml(&format!(
+            "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\npeers:\n  - {{id: jsa, relation: peer, authToken: secret-ab}}\n  - {{id: jsc, relation: peer, url: \"ws://127.0.0.1:{c_port}\", authToken: secret-bc}}\n  - {{id: kid, relation: child, authToken: secret-kid}}\n"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let _kid = Fulfiller::dial(
+        &format!("ws://127.0.0.1:{}", b.btp_port()),
+        "kid",
+        "secret-kid",
+        Mode::Fulfill,
+    )
+    .unwrap();
+    wait_peer_up(&b, "jsc");
+    let a_config = format!(
+        r#"{{"ilpAddress":"test.jsa",
+        "accounts":{{
+          "sender":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"listener":{{"port":0,"secret":"secret-sa"}}}}}},
+          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
+               "options":{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}}}}}}}"#,
+        b.btp_port()
+    );
+    let (_a, a_rx) = node_script("connector.js", &[&a_config]);
+    let a_port = next_line(&a_rx, "A's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    wait_peer_up(&b, "jsa");
+    let hop = |d: &str| {
+        b.routing_table()
+            .snapshot()
+            .lookup(d.as_bytes())
+            .map(|r| r.next_hop().to_owned())
+    };
+    let until = Instant::now() + Duration::from_secs(15);
+    while hop("test.jsc.receiver").as_deref() != Some("jsc")
+        || hop("test.jsa.x").as_deref() != Some("jsa")
+    {
+        assert!(
+            Instant::now() < until,
+            "B did not learn the JS connectors' routes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // JS A learns through B (its next update comes ~150 ms after B's): retry until it routes.
+    for destination in ["test.jsc.receiver.bob", "test.b.kid.alice"] {
+        let until = Instant::now() + Duration::from_secs(15);
+        while send_unique(
+            format!("ws://127.0.0.1:{a_port}"),
+            "secret-sa",
+            destination,
+            1,
+            1,
+        ) != 1
+        {
+            assert!(Instant::now() < until, "JS A never routed {destination}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            send_unique(
+                format!("ws://127.0.0.1:{a_port}"),
+                "secret-sa",
+                destination,
+                200,
+                1
+            ),
+            200,
+            "{destination}"
+        );
+    }
+}

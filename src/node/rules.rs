@@ -364,10 +364,7 @@ mod tests {
             outcome("peer.route.update", 5_000, PEER_PROTOCOL_CONDITION, false),
             "ccp"
         );
-        assert_eq!(
-            outcome("peer.route.control", 5_000, [1; 32], false),
-            "F01"
-        );
+        assert_eq!(outcome("peer.route.control", 5_000, [1; 32], false), "F01");
         assert_eq!(
             outcome("peer.route.control", -1, PEER_PROTOCOL_CONDITION, false),
             "F00"
