@@ -17,6 +17,7 @@
 //! CPU per packet comes from the connector processes' `/proc/<pid>/stat` over the measured
 //! phase; peak RSS from `VmHWM`.
 
+mod ccp;
 mod handover;
 mod load;
 mod procstat;
@@ -222,6 +223,14 @@ enum Cmd {
         #[arg(long, default_value = "target/ilp-bench-accounting.json")]
         json: PathBuf,
     },
+    /// How long a node takes to learn N routes from one peer by CCP, and their memory.
+    Ccp {
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        routes: usize,
+    },
     /// 1 hop through a 2-shard node: packets crossing shards to the one link against packets
     /// that do not (see handover.rs).
     Handover {
@@ -400,6 +409,9 @@ fn main() -> ExitCode {
             json,
         } => connector_bin(connector)
             .and_then(|bin| accounting(&timing, &bin, &concurrency, &shards, rounds, &json)),
+        Cmd::Ccp { connector, routes } => {
+            connector_bin(connector).and_then(|bin| ccp::run(&bin, routes))
+        }
         Cmd::Soak {
             connector,
             packets,

@@ -263,6 +263,9 @@ pub fn read(shared: &NodeShared, head: &Head) -> Reply {
                 &shared.peers,
                 &shared.identity,
                 &shared.book,
+                shared
+                    .routes_learned
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
         ),
         "/accounts" => accounts_json(shared, None),

@@ -47,6 +47,8 @@ pub struct NodeShared {
     pub stopping: AtomicBool,
     /// The route protocol's state, once our address is known (see `ccp`).
     pub ccp: std::sync::Mutex<Option<crate::routing::ccp::Ccp>>,
+    /// Learned routes in the published table (`ilp_routes_learned`).
+    pub routes_learned: std::sync::atomic::AtomicUsize,
     pub(crate) started: Instant,
     ready: AtomicBool,
 }
@@ -145,6 +147,7 @@ impl ConnectorNode {
             identity,
             routing,
             ccp: std::sync::Mutex::new(None),
+            routes_learned: Default::default(),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             ready: AtomicBool::new(false),

@@ -81,8 +81,13 @@ pub fn render(
     peers: &Peers,
     identity: &Identity,
     book: &Book,
+    routes_learned: usize,
 ) -> String {
     let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# HELP ilp_routes_learned Routes learned by CCP in the published routing table.\n# TYPE ilp_routes_learned gauge\nilp_routes_learned {routes_learned}"
+    );
     let _ = writeln!(
         s,
         "# HELP ilp_address_known 1 once the node has its ILP address (configured, or learned from the parent).\n# TYPE ilp_address_known gauge\nilp_address_known {}",

@@ -87,6 +87,14 @@ pub fn rebuild(shared: &NodeShared) -> Result<(), RouteError> {
         d.routes.iter().map(|(p, h, _)| (p.as_str(), h.as_str())),
         d.default_route.as_deref(),
     )?;
+    let learned_in_table = d
+        .routes
+        .iter()
+        .filter(|(_, _, o)| matches!(o, Origin::Learned { .. }))
+        .count();
+    shared
+        .routes_learned
+        .store(learned_in_table, std::sync::atomic::Ordering::Relaxed);
     if let (Some(c), Some(address)) = (ccp.as_mut(), shared.identity.address()) {
         let mut local = vec![address.to_string()];
         local.extend(
