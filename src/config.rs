@@ -392,10 +392,23 @@ pub struct Config {
     /// The route protocol (CCP) with peers and parents; off: static routes only.
     #[serde(default = "d_true")]
     pub route_broadcast: bool,
+    /// CCP: a heartbeat update goes to each listening peer this long after the last one.
+    #[serde(default = "d_route_broadcast_interval")]
+    pub route_broadcast_interval_ms: u64,
+    /// CCP: the hold-down time we advertise; a peer silent for twice its own hold-down
+    /// loses the routes it taught us.
+    #[serde(default = "d_route_expiry")]
+    pub route_expiry_ms: u32,
 }
 
 fn d_true() -> bool {
     true
+}
+fn d_route_broadcast_interval() -> u64 {
+    30_000
+}
+fn d_route_expiry() -> u32 {
+    45_000
 }
 
 fn default_log_level() -> String {
@@ -654,6 +667,8 @@ impl Config {
                 "maxAuthFailuresPerIp",
                 u64::from(self.max_auth_failures_per_ip),
             ),
+            ("routeBroadcastIntervalMs", self.route_broadcast_interval_ms),
+            ("routeExpiryMs", u64::from(self.route_expiry_ms)),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));

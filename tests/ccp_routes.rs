@@ -98,6 +98,24 @@ fn three_nodes_without_static_routes() {
         .find(|r| r["prefix"] == "test.c.receiver")
         .unwrap_or_else(|| panic!("{routes}"));
     assert_eq!(learned["origin"], "learned", "{routes}");
+    let metrics = ureq::get(&format!(
+        "http://127.0.0.1:{}/metrics",
+        a.admin_port().unwrap()
+    ))
+    .call()
+    .unwrap()
+    .into_string()
+    .unwrap();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(counter("ilp_ccp_updates_received_total ") >= 1);
+    assert!(counter("ilp_ccp_controls_sent_total ") >= 1);
+    assert!(counter("ilp_routes_learned ") >= 3, "{metrics}");
     assert_eq!(
         learned["path"],
         serde_json::json!(["test.b", "test.c"]),

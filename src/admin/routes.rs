@@ -263,9 +263,18 @@ pub fn read(shared: &NodeShared, head: &Head) -> Reply {
                 &shared.peers,
                 &shared.identity,
                 &shared.book,
-                shared
-                    .routes_learned
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                &metrics::RoutesReport {
+                    learned: shared
+                        .routes_learned
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    ccp: shared
+                        .ccp
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map(|c| c.counters())
+                        .unwrap_or_default(),
+                },
             ),
         ),
         "/accounts" => accounts_json(shared, None),

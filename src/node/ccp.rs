@@ -68,7 +68,12 @@ pub fn create(shared: &NodeShared, own: &Address) -> Ccp {
         shared.config.node_id
     ))
     .into();
-    let mut ccp = Ccp::new(own.as_str(), table_id, secret, state::Timing::default());
+    let timing = state::Timing {
+        heartbeat_ms: shared.config.route_broadcast_interval_ms,
+        hold_down_ms: shared.config.route_expiry_ms,
+        ..state::Timing::default()
+    };
+    let mut ccp = Ccp::new(own.as_str(), table_id, secret, timing);
     for p in shared.peers.list() {
         let (r, send, receive) = terms(shared.config.route_broadcast, &p.config);
         ccp.add_peer(p.id(), r, send, receive);

@@ -74,6 +74,14 @@ impl ShardMetrics {
     }
 }
 
+/// The routing part of `/metrics`.
+#[derive(Debug, Default)]
+pub struct RoutesReport {
+    /// Learned routes in the published table.
+    pub learned: usize,
+    pub ccp: crate::routing::ccp::Counters,
+}
+
 /// Renders the Prometheus text exposition for all shards.
 pub fn render(
     shards: &[Arc<ShardMetrics>],
@@ -81,13 +89,49 @@ pub fn render(
     peers: &Peers,
     identity: &Identity,
     book: &Book,
-    routes_learned: usize,
+    routes: &RoutesReport,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# HELP ilp_routes_learned Routes learned by CCP in the published routing table.\n# TYPE ilp_routes_learned gauge\nilp_routes_learned {routes_learned}"
+        "# HELP ilp_routes_learned Routes learned by CCP in the published routing table.\n# TYPE ilp_routes_learned gauge\nilp_routes_learned {}",
+        routes.learned
     );
+    let c = &routes.ccp;
+    for (name, help, v) in [
+        (
+            "ilp_ccp_controls_sent_total",
+            "Route controls (SYNC) sent.",
+            c.controls_sent,
+        ),
+        (
+            "ilp_ccp_controls_received_total",
+            "Route controls accepted from peers.",
+            c.controls_received,
+        ),
+        (
+            "ilp_ccp_updates_sent_total",
+            "Route updates sent (heartbeats included).",
+            c.updates_sent,
+        ),
+        (
+            "ilp_ccp_updates_received_total",
+            "Route updates accepted from peers.",
+            c.updates_received,
+        ),
+        (
+            "ilp_ccp_resyncs_total",
+            "Route controls sent again: a gap, a silent peer, a failed control.",
+            c.resyncs,
+        ),
+        (
+            "ilp_ccp_not_fulfilled_total",
+            "Route controls and updates we sent that got no Fulfill.",
+            c.not_fulfilled,
+        ),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
     let _ = writeln!(
         s,
         "# HELP ilp_address_known 1 once the node has its ILP address (configured, or learned from the parent).\n# TYPE ilp_address_known gauge\nilp_address_known {}",

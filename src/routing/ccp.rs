@@ -126,6 +126,19 @@ pub enum Outgoing {
     },
 }
 
+/// What the protocol has done so far (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub controls_sent: u64,
+    pub controls_received: u64,
+    pub updates_sent: u64,
+    pub updates_received: u64,
+    /// Controls sent again because of a gap, a silent peer or a failed control.
+    pub resyncs: u64,
+    /// Controls and updates that got no Fulfill.
+    pub not_fulfilled: u64,
+}
+
 /// Why a CCP message from a peer was refused (F00 with this message, as JS answers).
 pub type Refused = &'static str;
 
@@ -143,6 +156,7 @@ pub struct Ccp {
     exported: BTreeMap<String, Export>,
     peers: BTreeMap<String, PeerState>,
     changed: bool,
+    counters: Counters,
 }
 
 impl Ccp {
@@ -160,11 +174,16 @@ impl Ccp {
             exported: BTreeMap::new(),
             peers: BTreeMap::new(),
             changed: false,
+            counters: Counters::default(),
         }
     }
 
     pub fn table_id(&self) -> TableId {
         self.table_id
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     pub fn epoch(&self) -> u32 {
@@ -283,6 +302,7 @@ impl Ccp {
                 "rejecting route control message, we are configured not to send routes to you.",
             );
         }
+        self.counters.controls_received += 1;
         p.last_heard = now;
         if c.mode == MODE_SYNC {
             p.sync = true;
@@ -317,6 +337,7 @@ impl Ccp {
                 "rejecting route update, we are configured not to receive routes from you.",
             );
         }
+        self.counters.updates_received += 1;
         p.last_heard = now;
         p.resync_asked = false;
         if u.table_id != p.their_table {
@@ -328,6 +349,7 @@ impl Ccp {
         if u.from_epoch > p.their_epoch {
             // A gap: ask for what we miss.
             p.control_due = Some(now);
+            self.counters.resyncs += 1;
             return Ok(());
         }
         if u.to_epoch < p.their_epoch {
@@ -466,6 +488,7 @@ impl Ccp {
                     let p = self.peers.get_mut(&id).expect("present");
                     p.resync_asked = true;
                     p.control_due = Some(now);
+                    self.counters.resyncs += 1;
                 }
             }
             let p = &self.peers[&id];
@@ -480,6 +503,7 @@ impl Ccp {
                 .encode(&mut data);
                 let p = self.peers.get_mut(&id).expect("present");
                 p.control_in_flight = true;
+                self.counters.controls_sent += 1;
                 out.push(Outgoing::Control {
                     peer: id.clone(),
                     data: data.to_vec(),
@@ -503,6 +527,7 @@ impl Ccp {
             let (data, to) = self.update_for(&id);
             let p = self.peers.get_mut(&id).expect("present");
             p.update_in_flight = true;
+            self.counters.updates_sent += 1;
             out.push(Outgoing::Update {
                 peer: id.clone(),
                 data,
@@ -575,6 +600,8 @@ impl Ccp {
             } else if p.up {
                 p.control_due = Some(now + backoff(retry, p.control_failures, cap));
                 p.control_failures += 1;
+                self.counters.not_fulfilled += 1;
+                self.counters.resyncs += 1;
             }
         }
     }
@@ -593,6 +620,7 @@ impl Ccp {
             } else {
                 p.retry_at = Some(now + backoff(retry, p.update_failures, cap));
                 p.update_failures += 1;
+                self.counters.not_fulfilled += 1;
             }
         }
     }
