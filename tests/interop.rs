@@ -82,6 +82,30 @@ fn node_dialling_reference_listener(
     (child, rx, node)
 }
 
+/// Starts the reference JS connector at `address` with `routes` (a JSON array) and accounts
+/// `(id, relation, plugin options as JSON)`, each XRP/9 over ilp-plugin-btp with a rate limit
+/// too high to matter; returns it and its output lines.
+fn js_connector(
+    address: &str,
+    routes: &str,
+    accounts: &[(&str, &str, String)],
+) -> (Reaped, mpsc::Receiver<serde_json::Value>) {
+    let rate = r#"{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}"#;
+    let accounts: Vec<String> = accounts
+        .iter()
+        .map(|(id, relation, options)| {
+            format!(
+                r#""{id}":{{"relation":"{relation}","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},"options":{options}}}"#
+            )
+        })
+        .collect();
+    let config = format!(
+        r#"{{"ilpAddress":"{address}","routes":{routes},"accounts":{{{}}}}}"#,
+        accounts.join(",")
+    );
+    node_script("connector.js", &[&config])
+}
+
 fn wait_peer_up(node: &ConnectorNode, peer: &str) {
     let until = Instant::now() + Duration::from_secs(10);
     while !node.health().peers[peer] {
@@ -222,17 +246,25 @@ fn two_shard_node_keeps_one_link_to_the_reference_listener() {
 #[test]
 fn js_connector_to_our_two_shard_node_to_js_connector() {
     let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
-    let rate = r#"{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}"#;
-    let c_config = format!(
-        r#"{{"ilpAddress":"test.jsc","routes":[{{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}}],
-        "accounts":{{
-          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"listener":{{"port":0,"secret":"secret-bc"}}}}}},
-          "receiver":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}}}}}}}"#,
-        fulfiller.port
+    let (_c, c_rx) = js_connector(
+        "test.jsc",
+        r#"[{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}]"#,
+        &[
+            (
+                "b",
+                "peer",
+                r#"{"listener":{"port":0,"secret":"secret-bc"}}"#.into(),
+            ),
+            (
+                "receiver",
+                "child",
+                format!(
+                    r#"{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}"#,
+                    fulfiller.port
+                ),
+            ),
+        ],
     );
-    let (_c, c_rx) = node_script("connector.js", &[&c_config]);
     let c_port = next_line(&c_rx, "C's listening port")["port"]
         .as_u64()
         .expect("port");
@@ -246,16 +278,25 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
         .unwrap(),
     );
     wait_peer_up(&b, "jsc");
-    let a_config = format!(
-        r#"{{"ilpAddress":"test.jsa","routes":[{{"targetPrefix":"test.jsc","peerId":"b"}}],
-        "accounts":{{
-          "sender":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"listener":{{"port":0,"secret":"secret-sa"}}}}}},
-          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}}}}}}}"#,
-        b.btp_port()
+    let (_a, a_rx) = js_connector(
+        "test.jsa",
+        r#"[{"targetPrefix":"test.jsc","peerId":"b"}]"#,
+        &[
+            (
+                "sender",
+                "child",
+                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
+            ),
+            (
+                "b",
+                "peer",
+                format!(
+                    r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}"#,
+                    b.btp_port()
+                ),
+            ),
+        ],
     );
-    let (_a, a_rx) = node_script("connector.js", &[&a_config]);
     let a_port = next_line(&a_rx, "A's listening port")["port"]
         .as_u64()
         .expect("port");
@@ -282,17 +323,25 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
 #[test]
 fn routes_learned_from_and_by_the_js_connector() {
     let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
-    let rate = r#"{"refillPeriod":1000,"refillCount":100000000,"capacity":100000000}"#;
-    let c_config = format!(
-        r#"{{"ilpAddress":"test.jsc",
-        "accounts":{{
-          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"listener":{{"port":0,"secret":"secret-bc"}}}}}},
-          "receiver":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}}}}}}}"#,
-        fulfiller.port
+    let (_c, c_rx) = js_connector(
+        "test.jsc",
+        "[]",
+        &[
+            (
+                "b",
+                "peer",
+                r#"{"listener":{"port":0,"secret":"secret-bc"}}"#.into(),
+            ),
+            (
+                "receiver",
+                "child",
+                format!(
+                    r#"{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}"#,
+                    fulfiller.port
+                ),
+            ),
+        ],
     );
-    let (_c, c_rx) = node_script("connector.js", &[&c_config]);
     let c_port = next_line(&c_rx, "C's listening port")["port"]
         .as_u64()
         .expect("port");
@@ -311,16 +360,25 @@ fn routes_learned_from_and_by_the_js_connector() {
     )
     .unwrap();
     wait_peer_up(&b, "jsc");
-    let a_config = format!(
-        r#"{{"ilpAddress":"test.jsa",
-        "accounts":{{
-          "sender":{{"relation":"child","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"listener":{{"port":0,"secret":"secret-sa"}}}}}},
-          "b":{{"relation":"peer","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},
-               "options":{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}}}}}}}"#,
-        b.btp_port()
+    let (_a, a_rx) = js_connector(
+        "test.jsa",
+        "[]",
+        &[
+            (
+                "sender",
+                "child",
+                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
+            ),
+            (
+                "b",
+                "peer",
+                format!(
+                    r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}"#,
+                    b.btp_port()
+                ),
+            ),
+        ],
     );
-    let (_a, a_rx) = node_script("connector.js", &[&a_config]);
     let a_port = next_line(&a_rx, "A's listening port")["port"]
         .as_u64()
         .expect("port");
