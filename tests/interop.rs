@@ -106,6 +106,56 @@ fn js_connector(
     node_script("connector.js", &[&config])
 }
 
+/// JS connector C (`test.jsc`): listens for our B as peer `b`, dials the fulfiller as its
+/// child `receiver`. Returns it and its listening port.
+fn js_c(fulfiller_port: u16, routes: &str) -> (Reaped, u64) {
+    let (c, rx) = js_connector(
+        "test.jsc",
+        routes,
+        &[
+            (
+                "b",
+                "peer",
+                r#"{"listener":{"port":0,"secret":"secret-bc"}}"#.into(),
+            ),
+            (
+                "receiver",
+                "child",
+                format!(r#"{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{fulfiller_port}"}}"#),
+            ),
+        ],
+    );
+    let port = next_line(&rx, "C's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    (c, port)
+}
+
+/// JS connector A (`test.jsa`): listens for the sender as child `sender`, dials our B (at
+/// `b_port`) as peer `b`. Returns it and its listening port.
+fn js_a(b_port: u16, routes: &str) -> (Reaped, u64) {
+    let (a, rx) = js_connector(
+        "test.jsa",
+        routes,
+        &[
+            (
+                "sender",
+                "child",
+                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
+            ),
+            (
+                "b",
+                "peer",
+                format!(r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{b_port}"}}"#),
+            ),
+        ],
+    );
+    let port = next_line(&rx, "A's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    (a, port)
+}
+
 fn wait_peer_up(node: &ConnectorNode, peer: &str) {
     let until = Instant::now() + Duration::from_secs(10);
     while !node.health().peers[peer] {
@@ -246,28 +296,10 @@ fn two_shard_node_keeps_one_link_to_the_reference_listener() {
 #[test]
 fn js_connector_to_our_two_shard_node_to_js_connector() {
     let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
-    let (_c, c_rx) = js_connector(
-        "test.jsc",
+    let (_c, c_port) = js_c(
+        fulfiller.port,
         r#"[{"targetPrefix":"test.jsc.receiver","peerId":"receiver"}]"#,
-        &[
-            (
-                "b",
-                "peer",
-                r#"{"listener":{"port":0,"secret":"secret-bc"}}"#.into(),
-            ),
-            (
-                "receiver",
-                "child",
-                format!(
-                    r#"{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}"#,
-                    fulfiller.port
-                ),
-            ),
-        ],
     );
-    let c_port = next_line(&c_rx, "C's listening port")["port"]
-        .as_u64()
-        .expect("port");
     let b = Arc::new(
         ilp_connector::admin::start_node(
             Config::from_yaml(&format!(
@@ -278,28 +310,10 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
         .unwrap(),
     );
     wait_peer_up(&b, "jsc");
-    let (_a, a_rx) = js_connector(
-        "test.jsa",
+    let (_a, a_port) = js_a(
+        b.btp_port(),
         r#"[{"targetPrefix":"test.jsc","peerId":"b"}]"#,
-        &[
-            (
-                "sender",
-                "child",
-                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
-            ),
-            (
-                "b",
-                "peer",
-                format!(
-                    r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}"#,
-                    b.btp_port()
-                ),
-            ),
-        ],
     );
-    let a_port = next_line(&a_rx, "A's listening port")["port"]
-        .as_u64()
-        .expect("port");
     wait_peer_up(&b, "jsa");
 
     let watcher = LinkWatcher::start(&b, "jsc");
@@ -323,28 +337,7 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
 #[test]
 fn routes_learned_from_and_by_the_js_connector() {
     let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
-    let (_c, c_rx) = js_connector(
-        "test.jsc",
-        "[]",
-        &[
-            (
-                "b",
-                "peer",
-                r#"{"listener":{"port":0,"secret":"secret-bc"}}"#.into(),
-            ),
-            (
-                "receiver",
-                "child",
-                format!(
-                    r#"{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}"#,
-                    fulfiller.port
-                ),
-            ),
-        ],
-    );
-    let c_port = next_line(&c_rx, "C's listening port")["port"]
-        .as_u64()
-        .expect("port");
+    let (_c, c_port) = js_c(fulfiller.port, "[]");
     let b = ilp_connector::admin::start_node(
         Config::from_yaml(&format!(
             "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\npeers:\n  - {{id: jsa, relation: peer, authToken: secret-ab}}\n  - {{id: jsc, relation: peer, url: \"ws://127.0.0.1:{c_port}\", authToken: secret-bc}}\n  - {{id: kid, relation: child, authToken: secret-kid}}\n"
@@ -360,28 +353,7 @@ fn routes_learned_from_and_by_the_js_connector() {
     )
     .unwrap();
     wait_peer_up(&b, "jsc");
-    let (_a, a_rx) = js_connector(
-        "test.jsa",
-        "[]",
-        &[
-            (
-                "sender",
-                "child",
-                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
-            ),
-            (
-                "b",
-                "peer",
-                format!(
-                    r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{}"}}"#,
-                    b.btp_port()
-                ),
-            ),
-        ],
-    );
-    let a_port = next_line(&a_rx, "A's listening port")["port"]
-        .as_u64()
-        .expect("port");
+    let (_a, a_port) = js_a(b.btp_port(), "[]");
     wait_peer_up(&b, "jsa");
     let hop = |d: &str| {
         b.routing_table()
@@ -399,30 +371,38 @@ fn routes_learned_from_and_by_the_js_connector() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // JS A learns through B (its next update comes ~150 ms after B's): retry until it routes.
-    for destination in ["test.jsc.receiver.bob", "test.b.kid.alice"] {
-        let until = Instant::now() + Duration::from_secs(15);
-        while send_unique(
-            format!("ws://127.0.0.1:{a_port}"),
-            "secret-sa",
-            destination,
-            1,
-            1,
-        ) != 1
-        {
-            assert!(Instant::now() < until, "JS A never routed {destination}");
-            std::thread::sleep(Duration::from_millis(100));
+    // JS A learns through B (its next update comes ~150 ms after B's): retry on one link
+    // (A's listener keeps one socket per account) until it routes, then 200 more.
+    let url = format!("ws://127.0.0.1:{a_port}");
+    let fulfilled = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-sa")
+            .await
+            .unwrap();
+        let mut fulfilled = Vec::new();
+        for destination in ["test.jsc.receiver.bob", "test.b.kid.alice"] {
+            let until = Instant::now() + Duration::from_secs(15);
+            let mut i = 0;
+            while !matches!(
+                s.send(destination, 1, 20_000, format!("first-{i}").as_bytes())
+                    .await,
+                Ok(Packet::Fulfill(_))
+            ) {
+                assert!(Instant::now() < until, "JS A never routed {destination}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                i += 1;
+            }
+            let mut n = 0;
+            for i in 0..200 {
+                let data = format!("{destination}-{i}");
+                if let Ok(Packet::Fulfill(_)) =
+                    s.send(destination, 1, 20_000, data.as_bytes()).await
+                {
+                    n += 1;
+                }
+            }
+            fulfilled.push(n);
         }
-        assert_eq!(
-            send_unique(
-                format!("ws://127.0.0.1:{a_port}"),
-                "secret-sa",
-                destination,
-                200,
-                1
-            ),
-            200,
-            "{destination}"
-        );
-    }
+        fulfilled
+    });
+    assert_eq!(fulfilled, [200, 200]);
 }
