@@ -86,6 +86,10 @@ pub struct PeerConfig {
     /// Route protocol: take routes from this peer. Same defaults.
     #[serde(default)]
     pub receive_routes: Option<bool>,
+    /// ILP-over-HTTP peers (`url: http://…` / `https://…`): the bearer token we send; default
+    /// `authToken` (which stays the token the peer must present to us).
+    #[serde(default)]
+    pub outgoing_auth_token: Option<String>,
 }
 
 /// How many links to keep to a dialled peer (see [`PeerConfig::links`]).
@@ -156,6 +160,11 @@ impl PeerConfig {
             ));
         }
         let url_token = match &self.url {
+            Some(url) if self.is_http() => {
+                crate::http::client::parse_url(url)
+                    .map_err(|e| invalid(format!("{key}.url"), e))?;
+                None
+            }
             Some(url) => {
                 crate::btp::client::parse_url(url)
                     .map_err(|e| invalid(format!("{key}.url"), e))?
@@ -163,6 +172,16 @@ impl PeerConfig {
             }
             None => None,
         };
+        if self
+            .outgoing_auth_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                format!("{key}.outgoingAuthToken"),
+                "must not be empty",
+            ));
+        }
         // Every link is authenticated by a token: an empty one (an unset variable in a
         // compose file) would let anyone in, or log us in nowhere.
         let blank = |t: &Option<String>| t.as_deref().is_none_or(|t| t.trim().is_empty());
@@ -222,6 +241,18 @@ impl PeerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether we reach this peer by ILP-over-HTTP (`url` is `http://` or `https://`).
+    pub fn is_http(&self) -> bool {
+        self.url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"))
+    }
+
+    /// The BTP URL we dial, if we dial this peer over BTP.
+    pub fn btp_url(&self) -> Option<&str> {
+        self.url.as_deref().filter(|_| !self.is_http())
     }
 
     /// `maxPacketAmount` as an amount (checked by `validate`).
@@ -288,6 +319,12 @@ pub struct Config {
     pub btp_server_port: u16,
     #[serde(default)]
     pub btp_server_host: Option<String>,
+    /// ILP-over-HTTP server port (peers POST Prepares to it); none: no HTTP server.
+    #[serde(default)]
+    pub http_server_port: Option<u16>,
+    /// Where the HTTP server listens (default 127.0.0.1).
+    #[serde(default)]
+    pub http_server_host: Option<String>,
     /// Serve BTP over TLS only (`wss`), with this certificate chain and key (PEM files).
     #[serde(default)]
     pub btp_server_tls: Option<TlsFiles>,

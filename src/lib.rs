@@ -6,6 +6,7 @@ pub mod admin;
 pub mod btp;
 pub mod codec;
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod node;
 pub mod routing;

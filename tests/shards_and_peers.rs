@@ -196,6 +196,7 @@ fn peers_added_and_removed_at_runtime() {
         throughput: None,
         send_routes: None,
         receive_routes: None,
+        outgoing_auth_token: None,
     })
     .unwrap();
     let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();

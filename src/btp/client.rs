@@ -101,6 +101,36 @@ pub async fn resolve(host_port: &str, timeout: Duration) -> Result<SocketAddr, L
     }
 }
 
+/// TCP connect (and TLS, checking `host`'s certificate against the system roots and
+/// `ca_file`), each step bounded by `timeout`. Shared by BTP and HTTP links.
+pub async fn connect(
+    host_port: &str,
+    host: &str,
+    tls: bool,
+    timeout: Duration,
+    ca_file: Option<&str>,
+) -> Result<Stream, LinkError> {
+    let addr = resolve(host_port, timeout).await?;
+    let tcp = TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(Stream::Plain(tcp));
+    }
+    let config = super::tls::client_config(ca_file).map_err(LinkError::Connect)?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| LinkError::Connect(format!("{host}: {e}")))?;
+    let tls = within(
+        timeout,
+        futures_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .ok_or_else(|| LinkError::Connect("TLS handshake timed out".into()))?
+    .map_err(|e| LinkError::Connect(format!("TLS: {e}")))?;
+    Ok(Stream::Client(Box::new(tls)))
+}
+
 /// Connects and authenticates; returns the open WebSocket.
 pub async fn dial(
     target: &DialTarget,
@@ -124,26 +154,14 @@ pub async fn dial_with_ca(
     timeout: Duration,
     ca_file: Option<&str>,
 ) -> Result<(Ws, Option<usize>), LinkError> {
-    let addr = resolve(&target.host_port, timeout).await?;
-    let tcp = TcpStream::connect_timeout(addr, timeout)
-        .await
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let stream = if target.tls {
-        let config = super::tls::client_config(ca_file).map_err(LinkError::Connect)?;
-        let name = rustls_pki_types::ServerName::try_from(target.host.clone())
-            .map_err(|e| LinkError::Connect(format!("{}: {e}", target.host)))?;
-        let tls = within(
-            timeout,
-            futures_rustls::TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        .ok_or_else(|| LinkError::Connect("TLS handshake timed out".into()))?
-        .map_err(|e| LinkError::Connect(format!("TLS: {e}")))?;
-        Stream::Client(Box::new(tls))
-    } else {
-        Stream::Plain(tcp)
-    };
+    let stream = connect(
+        &target.host_port,
+        &target.host,
+        target.tls,
+        timeout,
+        ca_file,
+    )
+    .await?;
     let (mut ws, _) = within(
         timeout,
         async_tungstenite::client_async_with_config(

@@ -91,6 +91,8 @@ pub struct ConnectorNode {
     port_lock: Option<PortLock>,
     threads: Option<PoolThreadHandles<()>>,
     btp_port: u16,
+    /// The ILP-over-HTTP port, if `httpServerPort` is set.
+    http_port: Option<u16>,
     admin: Option<Box<dyn Sidecar>>,
 }
 
@@ -181,8 +183,14 @@ impl ConnectorNode {
             0 => None,
             port => Some(PortLock::take(port).map_err(|reason| StartError::Bind { port, reason })?),
         };
-        let (port_tx, port_rx) = mpsc::channel::<Result<u16, String>>();
+        let (port_tx, port_rx) = mpsc::channel::<Result<(u16, Option<u16>), String>>();
         let resolved = Arc::new(std::sync::OnceLock::<u16>::new());
+        let http_resolved = Arc::new(std::sync::OnceLock::<u16>::new());
+        let http_host = shared
+            .config
+            .http_server_host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
         // Handing packets between shards: one bounded SPSC channel per ordered pair.
         let mesh = (n > 1).then(|| MeshBuilder::<Handoff, _>::full(n, 1024));
         let s2 = shared.clone();
@@ -197,6 +205,8 @@ impl ConnectorNode {
                 let shared = s2.clone();
                 let port_tx = port_tx.clone();
                 let resolved = resolved.clone();
+                let http_resolved = http_resolved.clone();
+                let http_host = http_host.clone();
                 let host = host.clone();
                 let mesh = mesh.clone();
                 async move {
@@ -216,15 +226,9 @@ impl ConnectorNode {
                         configured_port
                     } else {
                         // Wait for shard 0 to pick the port (bounded).
-                        let until = Instant::now() + Duration::from_secs(10);
-                        loop {
-                            if let Some(p) = resolved.get() {
-                                break *p;
-                            }
-                            if Instant::now() > until {
-                                return;
-                            }
-                            glommio::timer::sleep(Duration::from_millis(5)).await;
+                        match wait_for_port(&resolved).await {
+                            Some(p) => p,
+                            None => return,
                         }
                     };
                     let listener = match glommio::net::TcpListener::bind((host.as_str(), port)) {
@@ -239,18 +243,53 @@ impl ConnectorNode {
                     if index == 0 {
                         let _ = resolved.set(actual);
                     }
-                    let _ = port_tx.send(Ok(actual));
+                    // The ILP-over-HTTP port, bound the same way.
+                    let http = match shared.config.http_server_port {
+                        None => None,
+                        Some(p) => {
+                            let p = if index == 0 || p != 0 {
+                                p
+                            } else {
+                                match wait_for_port(&http_resolved).await {
+                                    Some(p) => p,
+                                    None => return,
+                                }
+                            };
+                            match glommio::net::TcpListener::bind((http_host.as_str(), p)) {
+                                Ok(l) => {
+                                    if index == 0 {
+                                        let _ = http_resolved
+                                            .set(l.local_addr().map(|a| a.port()).unwrap_or(p));
+                                    }
+                                    Some(l)
+                                }
+                                Err(e) => {
+                                    let _ = port_tx.send(Err(format!("HTTP port {p}: {e}")));
+                                    shared.stopping.store(true, Ordering::SeqCst);
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let http_port = http
+                        .as_ref()
+                        .and_then(|l| l.local_addr().ok().map(|a| a.port()));
+                    let _ = port_tx.send(Ok((actual, http_port)));
                     drop(port_tx);
                     Shard::new(index, shared, senders)
-                        .run(listener, receivers)
+                        .run(listener, http, receivers)
                         .await;
                 }
             })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         let mut port = None;
+        let mut http_port = None;
         for _ in 0..n {
             match port_rx.recv_timeout(Duration::from_secs(15)) {
-                Ok(Ok(p)) => port = Some(p),
+                Ok(Ok((p, h))) => {
+                    port = Some(p);
+                    http_port = http_port.or(h);
+                }
                 Ok(Err(reason)) => {
                     shared.stopping.store(true, Ordering::SeqCst);
                     let _ = threads.join_all();
@@ -298,6 +337,7 @@ impl ConnectorNode {
             port_lock,
             threads: Some(threads),
             btp_port,
+            http_port,
             admin: None,
         };
         if let Some(admin_port) = shared.config.health_check_port {
@@ -323,6 +363,10 @@ impl ConnectorNode {
 
     pub fn btp_port(&self) -> u16 {
         self.btp_port
+    }
+
+    pub fn http_port(&self) -> Option<u16> {
+        self.http_port
     }
 
     pub fn admin_port(&self) -> Option<u16> {
@@ -388,6 +432,20 @@ impl ConnectorNode {
 impl Drop for ConnectorNode {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits (10 s at most) for shard 0 to pick a port the kernel chose.
+async fn wait_for_port(resolved: &std::sync::OnceLock<u16>) -> Option<u16> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(p) = resolved.get() {
+            return Some(*p);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -551,7 +609,7 @@ pub(crate) fn health(shared: &NodeShared) -> Health {
             .peers
             .list()
             .iter()
-            .filter(|p| p.config.url.is_some())
+            .filter(|p| p.config.btp_url().is_some())
             .all(|p| p.link_count() > 0);
         let waited =
             shared.started.elapsed() >= Duration::from_millis(shared.config.ready_timeout_ms);

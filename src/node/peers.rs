@@ -241,6 +241,7 @@ mod tests {
             throughput: None,
             send_routes: None,
             receive_routes: None,
+            outgoing_auth_token: None,
         }
     }
 

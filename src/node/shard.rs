@@ -51,6 +51,7 @@ use crate::codec::btp::{self as btpc, BtpBody, ProtocolData, CONTENT_OCTET_STREA
 use crate::codec::ilp::rewrite_prepare;
 use crate::codec::{BtpPacket, ErrorCode, Packet, Prepare, Timestamp};
 use crate::config::Relation;
+use crate::http::client::HttpPeerClient;
 use crate::routing::RoutingView;
 
 /// BTP entry that carries the correlation id from hop to hop (secondary, so peers that do
@@ -70,6 +71,10 @@ pub struct Handoff {
 
 /// The shard's ends of the node's channel mesh (absent with one shard).
 pub type Mesh = (Senders<Handoff>, Receivers<Handoff>);
+
+/// Keep-alive connections each shard keeps at most to one ILP-over-HTTP peer (HTTP/1.1 does
+/// not pipeline, so this bounds the requests in flight to it per shard; more → T02).
+const HTTP_CONNECTIONS_PER_PEER: usize = 64;
 
 /// The window of `maxAuthFailuresPerIp`.
 const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -105,6 +110,10 @@ struct PeerView {
     children: ahash::AHashSet<String>,
     /// Peers this shard runs a dial loop for.
     dialing: Vec<Arc<PeerEntry>>,
+    /// Tokens of every peer, for ILP-over-HTTP requests (the token names the peer).
+    http_creds: Rc<Vec<Credential>>,
+    /// This shard's client for each ILP-over-HTTP peer.
+    http: HashMap<String, Rc<HttpPeerClient>>,
 }
 
 pub struct Shard {
@@ -202,8 +211,45 @@ impl Shard {
             .filter(|p| p.config.relation == Relation::Child)
             .map(|p| p.id().to_owned())
             .collect();
+        view.http_creds = Rc::new(
+            all.iter()
+                .filter_map(|p| Some(Credential::new(p.id(), p.config.auth_token.as_deref()?)))
+                .collect(),
+        );
+        view.http.retain(|id, _| all.iter().any(|p| p.id() == id));
+        for p in all.iter().filter(|p| p.config.is_http()) {
+            if view.http.contains_key(p.id()) {
+                continue;
+            }
+            let target = p.config.url.as_deref().map(crate::http::client::parse_url);
+            let token = p
+                .config
+                .outgoing_auth_token
+                .as_deref()
+                .or(p.config.auth_token.as_deref())
+                .unwrap_or("");
+            let client = match target {
+                Some(Ok(t)) => HttpPeerClient::new(
+                    t,
+                    token,
+                    HTTP_CONNECTIONS_PER_PEER,
+                    Duration::from_millis(self.node.config.connect_timeout_ms),
+                    self.node.config.tls_ca_file.clone(),
+                ),
+                Some(Err(e)) => Err(e),
+                None => continue,
+            };
+            match client {
+                Ok(c) => {
+                    view.http.insert(p.id().to_owned(), Rc::new(c));
+                }
+                Err(e) => {
+                    tracing::error!(nodeId = %self.node.config.node_id, component = "http", event = "http_peer_refused", peer = %p.id(), error = %e);
+                }
+            }
+        }
         view.dialing.retain(|p| !p.is_removed());
-        for p in all.iter().filter(|p| p.config.url.is_some()) {
+        for p in all.iter().filter(|p| p.config.btp_url().is_some()) {
             if !view.dialing.iter().any(|d| Arc::ptr_eq(d, p)) {
                 view.dialing.push(p.clone());
                 let (me, entry) = (self.clone(), p.clone());
@@ -281,7 +327,28 @@ impl Shard {
     }
 
     /// Runs the shard until the node stops: serve, dial, then drain and close.
-    pub async fn run(self: Rc<Self>, listener: TcpListener, handed: Option<Receivers<Handoff>>) {
+    pub async fn run(
+        self: Rc<Self>,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        handed: Option<Receivers<Handoff>>,
+    ) {
+        if let Some(http) = http {
+            let (me, creds_of, stop) = (self.clone(), self.clone(), self.clone());
+            let handler: crate::http::server::Handler = Rc::new(move |peer, body| {
+                let me = me.clone();
+                Box::pin(async move { me.answer_http(peer, body).await })
+            });
+            let creds: crate::http::server::Credentials =
+                Rc::new(move || creds_of.peers.borrow().http_creds.clone());
+            glommio::spawn_local(crate::http::server::serve(
+                http,
+                handler,
+                creds,
+                async move { stop.until_stopping().await },
+            ))
+            .detach();
+        }
         let dl = self.deadlines.clone();
         let me = self.clone();
         glommio::spawn_local(async move {
@@ -669,14 +736,34 @@ impl Shard {
             btpc::encode(&mut out, packet.request_id(), BtpBody::Response, &[]);
             return out.freeze();
         };
-        let started = Instant::now();
-        self.metrics.packet_started();
         let cid = packet.entry(CORRELATION_ENTRY).map(|e| {
             let mut c = [b'0'; 16];
             let n = e.data.len().min(16);
             c[..n].copy_from_slice(&e.data[..n]);
             c
         });
+        let answer = self.answer_ilp(source, ilp, cid, peer_load).await;
+        let mut out = link.frame_buf(answer.len() + 32);
+        btpc::encode_ilp(
+            &mut out,
+            btpc::BtpType::Response,
+            packet.request_id(),
+            &answer,
+        );
+        out.freeze()
+    }
+
+    /// Answers one ILP packet from `source`, whatever carried it (a BTP MESSAGE or an HTTP
+    /// POST): admission, forwarding, metrics. `cid`: the correlation id it came with.
+    async fn answer_ilp(
+        &self,
+        source: &str,
+        ilp: Bytes,
+        cid: Option<[u8; 16]>,
+        peer_load: &Cell<usize>,
+    ) -> Bytes {
+        let started = Instant::now();
+        self.metrics.packet_started();
         let cid = cid.or_else(|| {
             tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(&ilp))
         });
@@ -721,14 +808,18 @@ impl Shard {
                 correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = answer.reject.as_ref().map_or("fulfilled", ErrorCode::as_str),
                 latency_us);
         }
-        let mut out = link.frame_buf(answer.ilp.len() + 32);
-        btpc::encode_ilp(
-            &mut out,
-            btpc::BtpType::Response,
-            packet.request_id(),
-            &answer.ilp,
-        );
-        out.freeze()
+        answer.ilp
+    }
+
+    /// An ILP-over-HTTP request from `peer` (see `crate::http::server`).
+    async fn answer_http(&self, peer: String, body: Bytes) -> Bytes {
+        let load = self
+            .peer_load
+            .borrow_mut()
+            .entry(peer.clone())
+            .or_default()
+            .clone();
+        self.answer_ilp(&peer, body, None, &load).await
     }
 
     fn refuse(&self, r: Refusal) -> Answer {
@@ -834,6 +925,26 @@ impl Shard {
         };
         let out_amount = reserved.out_amount;
         // A link on this shard, else the shard that has one, else T01 now.
+        // Until the outgoing expiry (already capped by the send timeout) and a short grace
+        // for a Fulfill still on the wire: we never give up on a Prepare that can still be
+        // fulfilled.
+        let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) + timing.grace_ms();
+        let deadline = started + Duration::from_millis(wait_ms as u64);
+        // An ILP-over-HTTP peer: POST the patched Prepare.
+        let http = self.peers.borrow().http.get(&*next_hop).cloned();
+        if let Some(client) = http {
+            let mut body = BytesMut::from(&prepare.as_bytes()[..]);
+            if rewrite_prepare(&mut body, out_amount, expires_at).is_err() {
+                return self.refuse(Refusal::new(
+                    ErrorCode::T00_INTERNAL_ERROR,
+                    "cannot rewrite Prepare",
+                ));
+            }
+            let result = client.send(body.freeze(), deadline).await.map(Some);
+            return self
+                .answer_from_next_hop(result, &prepare, reserved, expires_at)
+                .await;
+        }
         let via = match self.pick_link(&next_hop) {
             Some(link) => Ok(link),
             None => match node.peers.shard_with_link(&next_hop, self.index) {
@@ -881,11 +992,6 @@ impl Shard {
                 "cannot rewrite Prepare",
             ));
         }
-        // Until the outgoing expiry (already capped by the send timeout) and a short grace
-        // for a Fulfill still on the wire: we never give up on a Prepare that can still be
-        // fulfilled.
-        let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) + timing.grace_ms();
-        let deadline = started + Duration::from_millis(wait_ms as u64);
         if let Some(c) = &cid_str {
             tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_forwarded", correlationId = %c, next_hop = %next_hop, expires_at = %expires_at);
         }
@@ -896,8 +1002,23 @@ impl Shard {
                     .await
             }
         };
+        let result = result.map(|resp| resp.ilp());
+        self.answer_from_next_hop(result, &prepare, reserved, expires_at)
+            .await
+    }
+
+    /// The answer upstream from what the next hop said (its ILP answer, if any) or why it
+    /// said nothing: a valid Fulfill commits the reservation (and waits for the journal in
+    /// strict mode), a Reject passes through, the rest maps to our Reject.
+    async fn answer_from_next_hop(
+        &self,
+        result: Result<Option<Bytes>, LinkError>,
+        prepare: &Prepare,
+        reserved: super::accounting::Reserved<'_>,
+        expires_at: Timestamp,
+    ) -> Answer {
         match result {
-            Ok(resp) => match resp.ilp().map(Packet::decode) {
+            Ok(ilp) => match ilp.map(Packet::decode) {
                 Some(Ok(Packet::Fulfill(f))) => {
                     match rules::check_fulfill(prepare.execution_condition(), &f) {
                         Ok(()) => {

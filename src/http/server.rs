@@ -1,0 +1,181 @@
+//! The HTTP side of the BTP port's job: accepts ILP-over-HTTP peers on `httpServerPort`
+//! (every shard binds it, SO_REUSEPORT), HTTP/1.1 keep-alive, one task per connection (no
+//! thread). Per request: `POST` (any path); `Authorization: Bearer <token>` or the bare token
+//! picks the peer (constant time, the same uniform failure as BTP: 401 "invalid
+//! authorization"); a body of at most [`MAX_BODY`] bytes (413 beyond) read within
+//! [`BODY_TIMEOUT`]; then the handler's ILP answer is the 200 body. A body that is not a
+//! Prepare gets 200 with an F01 Reject (from the forwarding path), as the JS plugin answers.
+//! `GET` answers 200 "OK" without auth (a health check, as the JS plugin does).
+//!
+//! Bounds: at most [`MAX_CONNECTIONS`] connections per shard (more are closed at accept) and
+//! a connection lives at most [`CONNECTION_LIFETIME`] (hyper's header timer needs a `Send`
+//! timer glommio does not have, so idle connections are bounded this way).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::io::HyperIo;
+use super::{CONTENT_TYPE, MAX_BODY};
+use crate::btp::auth::Credential;
+use crate::btp::tls::Stream;
+use crate::btp::within;
+
+/// Connections served at once per shard.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time to send a request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection is kept.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Answers one Prepare from a peer: `(peer id, body)` → the ILP answer.
+pub type Handler = Rc<dyn Fn(String, Bytes) -> Pin<Box<dyn Future<Output = Bytes>>>>;
+/// The credentials in force now (peers change at runtime).
+pub type Credentials = Rc<dyn Fn() -> Rc<Vec<Credential>>>;
+
+/// Serves `listener` until `stopped` resolves.
+pub async fn serve(
+    listener: glommio::net::TcpListener,
+    handler: Handler,
+    creds: Credentials,
+    stopped: impl Future<Output = ()>,
+) {
+    let open = Rc::new(Cell::new(0usize));
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            (&mut stopped).await;
+            None
+        })
+        .await;
+        let stream = match next {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(_)) => {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.get() >= MAX_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        open.set(open.get() + 1);
+        let (handler, creds, open) = (handler.clone(), creds.clone(), open.clone());
+        glommio::spawn_local(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (handler, creds) = (handler.clone(), creds.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &handler, &creds).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(HyperIo(Stream::Plain(stream)), service);
+            let _ = within(CONNECTION_LIFETIME, conn).await;
+            open.set(open.get().saturating_sub(1));
+        })
+        .detach();
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: Bytes) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(body));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// The peer whose token the request carries (`Bearer <token>`, or the bare token).
+pub fn peer_of(authorization: Option<&str>, creds: &[Credential]) -> Option<String> {
+    let given = authorization?.trim();
+    let token = given
+        .strip_prefix("Bearer ")
+        .or_else(|| given.strip_prefix("bearer "))
+        .unwrap_or(given);
+    // Every credential is compared, so the time does not tell which one matched.
+    let mut found = None;
+    for c in creds {
+        if c.matches(token.as_bytes()) && found.is_none() {
+            found = Some(c.peer_id.clone());
+        }
+    }
+    found
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    handler: &Handler,
+    creds: &Credentials,
+) -> hyper::Response<Full<Bytes>> {
+    if req.method() == hyper::Method::GET {
+        return reply(200, "text/plain", Bytes::from_static(b"OK"));
+    }
+    if req.method() != hyper::Method::POST {
+        return reply(
+            405,
+            "text/plain",
+            Bytes::from_static(b"POST an ILP Prepare"),
+        );
+    }
+    let auth = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(peer) = peer_of(auth, &creds()) else {
+        return reply(
+            401,
+            "text/plain",
+            Bytes::from_static(b"invalid authorization"),
+        );
+    };
+    let body = match within(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        None => {
+            return reply(
+                408,
+                "text/plain",
+                Bytes::from_static(b"body not received in time"),
+            )
+        }
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return reply(413, "text/plain", Bytes::from_static(b"body too large"))
+        }
+        Some(Err(_)) => return reply(400, "text/plain", Bytes::from_static(b"cannot read body")),
+        Some(Ok(b)) => b.to_bytes(),
+    };
+    let answer = handler(peer, body).await;
+    reply(200, CONTENT_TYPE, answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_pick_the_peer() {
+        let creds = vec![
+            Credential::new("a", "token-a"),
+            Credential::new("b", "token-b"),
+        ];
+        assert_eq!(
+            peer_of(Some("Bearer token-b"), &creds).as_deref(),
+            Some("b")
+        );
+        assert_eq!(peer_of(Some("token-a"), &creds).as_deref(), Some("a"));
+        assert_eq!(peer_of(Some("Bearer nope"), &creds), None);
+        assert_eq!(peer_of(Some(""), &creds), None);
+        assert_eq!(peer_of(None, &creds), None);
+    }
+}
