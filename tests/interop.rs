@@ -83,7 +83,8 @@ fn node_dialling_reference_listener(
 }
 
 /// Starts the reference JS connector at `address` with `routes` (a JSON array) and accounts
-/// `(id, relation, plugin options as JSON)`, each XRP/9 over ilp-plugin-btp with a rate limit
+/// `(id, relation, plugin options as JSON)`, each XRP/9 over ilp-plugin-btp (ilp-plugin-http
+/// when the options have `incoming`) with a rate limit
 /// too high to matter; returns it and its output lines.
 fn js_connector(
     address: &str,
@@ -94,8 +95,14 @@ fn js_connector(
     let accounts: Vec<String> = accounts
         .iter()
         .map(|(id, relation, options)| {
+            // ilp-plugin-http options have `incoming`/`outgoing`; the rest are BTP.
+            let plugin = if options.contains("\"incoming\"") {
+                "ilp-plugin-http"
+            } else {
+                "ilp-plugin-btp"
+            };
             format!(
-                r#""{id}":{{"relation":"{relation}","assetCode":"XRP","assetScale":9,"plugin":"ilp-plugin-btp","rateLimit":{rate},"options":{options}}}"#
+                r#""{id}":{{"relation":"{relation}","assetCode":"XRP","assetScale":9,"plugin":"{plugin}","rateLimit":{rate},"options":{options}}}"#
             )
         })
         .collect();
@@ -405,4 +412,147 @@ fn routes_learned_from_and_by_the_js_connector() {
         fulfilled
     });
     assert_eq!(fulfilled, [200, 200]);
+}
+
+/// A free port on 127.0.0.1 (for a JS plugin that needs its port up front).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Issue 18: ILP-over-HTTP with the reference stack (`ilp-plugin-http` 1.6.1 in
+/// `ilp-connector` 23.0.2). Our B posts to JS C and JS A posts to our B:
+/// our sender —BTP→ B —HTTP→ JS C —BTP→ fulfiller, and JS A's sender —BTP→ JS A —HTTP→ B
+/// —BTP→ B's child. Rejects pass through unchanged; a JS peer with the wrong token gets our
+/// 401, which JS turns into its own F02.
+#[test]
+fn ilp_over_http_with_the_js_plugin() {
+    let http_account = |port: u16, incoming: &str, url: &str, outgoing: &str| {
+        format!(
+            r#"{{"incoming":{{"port":{port},"staticToken":"{incoming}"}},"outgoing":{{"url":"{url}","staticToken":"{outgoing}"}}}}"#
+        )
+    };
+    let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
+    let kid = Fulfiller::start("b", "secret-kid", Mode::Fulfill);
+    let (pa, pc) = (free_port(), free_port());
+    let b = ilp_connector::admin::start_node(
+        Config::from_yaml(&format!(
+            "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhttpServerPort: 0\nreadyTimeoutMs: 100\npeers:\n  - {{id: sender, relation: child, authToken: secret-sb}}\n  - {{id: kid, relation: child, url: \"{}\", authToken: secret-kid}}\n  - {{id: jsc, relation: peer, url: \"http://127.0.0.1:{pc}/\", authToken: tok-c-to-b, outgoingAuthToken: tok-b-to-c}}\n  - {{id: jsa, relation: peer, url: \"http://127.0.0.1:{pa}/\", authToken: tok-a-to-b, outgoingAuthToken: tok-b-to-a}}\nroutes:\n  - {{prefix: test.jsc, nextHop: jsc}}\n",
+            kid.url()
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let b_http = format!("http://127.0.0.1:{}/", b.http_port().unwrap());
+    let (_c, c_rx) = js_connector(
+        "test.jsc",
+        "[]",
+        &[
+            (
+                "b",
+                "peer",
+                http_account(pc, "tok-b-to-c", &b_http, "tok-c-to-b"),
+            ),
+            (
+                "receiver",
+                "child",
+                format!(
+                    r#"{{"server":"btp+ws://jsc:secret-r@127.0.0.1:{}"}}"#,
+                    fulfiller.port
+                ),
+            ),
+        ],
+    );
+    assert_eq!(next_line(&c_rx, "C connected")["connected"], true);
+    // Ours → JS over HTTP.
+    let url = format!("btp+ws://sender:secret-sb@127.0.0.1:{}", b.btp_port());
+    let answers = run_local(move || async move {
+        let s = SenderLink::connect(&url, "sender", "secret-sb")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for (i, d) in ["test.jsc.receiver.x", "test.jsc.receiver.reject-F99"]
+            .iter()
+            .enumerate()
+        {
+            out.push(
+                match s
+                    .send(d, 5, 20_000, format!("h{i}").as_bytes())
+                    .await
+                    .unwrap()
+                {
+                    Packet::Fulfill(_) => "fulfilled".to_owned(),
+                    Packet::Reject(r) => format!(
+                        "{} {}",
+                        r.code().as_str(),
+                        String::from_utf8_lossy(r.triggered_by())
+                    ),
+                    other => panic!("{other:?}"),
+                },
+            );
+        }
+        out
+    });
+    assert_eq!(answers, ["fulfilled", "F99 test.fulfiller"]);
+
+    // JS → ours over HTTP.
+    let (_a, a_rx) = js_connector(
+        "test.jsa",
+        r#"[{"targetPrefix":"test.b","peerId":"b"}]"#,
+        &[
+            (
+                "sender",
+                "child",
+                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
+            ),
+            (
+                "b",
+                "peer",
+                http_account(pa, "tok-b-to-a", &b_http, "tok-a-to-b"),
+            ),
+        ],
+    );
+    let a_port = next_line(&a_rx, "A's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    assert_eq!(
+        send_unique(
+            format!("ws://127.0.0.1:{a_port}"),
+            "secret-sa",
+            "test.b.kid.x",
+            300,
+            1
+        ),
+        300
+    );
+    // A JS peer with the wrong token: our 401, its F02.
+    let (_w, w_rx) = js_connector(
+        "test.jsw",
+        r#"[{"targetPrefix":"test.b","peerId":"b"}]"#,
+        &[
+            (
+                "sender",
+                "child",
+                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
+            ),
+            (
+                "b",
+                "peer",
+                http_account(free_port(), "x", &b_http, "wrong-token"),
+            ),
+        ],
+    );
+    let w_port = next_line(&w_rx, "W's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    let code = run_local(move || async move {
+        let s = SenderLink::connect(&format!("ws://127.0.0.1:{w_port}"), "sender", "secret-sa")
+            .await
+            .unwrap();
+        match s.send("test.b.kid.x", 5, 20_000, b"w").await.unwrap() {
+            Packet::Reject(r) => r.code().as_str().to_owned(),
+            other => format!("{other:?}"),
+        }
+    });
+    assert_eq!(code, "F02");
 }
