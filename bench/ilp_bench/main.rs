@@ -19,6 +19,7 @@
 
 mod ccp;
 mod handover;
+mod http;
 mod load;
 mod procstat;
 mod rates;
@@ -223,6 +224,16 @@ enum Cmd {
         #[arg(long, default_value = "target/ilp-bench-accounting.json")]
         json: PathBuf,
     },
+    /// One hop over an ILP-over-HTTP link against the same hop over BTP (see http.rs).
+    Http {
+        #[command(flatten)]
+        timing: Timing,
+        /// The connector binary (default: `ilp-connector` next to this binary).
+        #[arg(long)]
+        connector: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        concurrency: Vec<usize>,
+    },
     /// How long a node takes to learn N routes from one peer by CCP, and their memory.
     Ccp {
         /// The connector binary (default: `ilp-connector` next to this binary).
@@ -409,6 +420,23 @@ fn main() -> ExitCode {
             json,
         } => connector_bin(connector)
             .and_then(|bin| accounting(&timing, &bin, &concurrency, &shards, rounds, &json)),
+        Cmd::Http {
+            timing,
+            connector,
+            concurrency,
+        } => connector_bin(connector).and_then(|bin| {
+            let rows = http::run(&bin, &timing, &concurrency)?;
+            let plain: Vec<Row> = rows.iter().map(|r| r.row.clone()).collect();
+            print_table(&plain);
+            println!();
+            for r in &rows {
+                println!(
+                    "{:<10} c={:<3} connections A→B: {}",
+                    r.row.scenario, r.row.concurrency, r.connections
+                );
+            }
+            Ok(())
+        }),
         Cmd::Ccp { connector, routes } => {
             connector_bin(connector).and_then(|bin| ccp::run(&bin, routes))
         }

@@ -69,6 +69,8 @@ pub struct LinkCounters {
     pub write_timeouts: AtomicU64,
     /// Frames from peers that could not be parsed.
     pub bad_frames: AtomicU64,
+    /// Connections opened to ILP-over-HTTP peers.
+    pub http_connections_opened: Arc<AtomicU64>,
 }
 
 /// Per-link settings.

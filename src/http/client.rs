@@ -10,6 +10,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,6 +81,8 @@ pub struct HttpPeerClient {
     max_connections: usize,
     connect_timeout: Duration,
     ca_file: Option<String>,
+    /// Counts every connection opened (`ilp_http_connections_opened_total`).
+    opened: Arc<AtomicU64>,
 }
 
 impl HttpPeerClient {
@@ -88,6 +92,7 @@ impl HttpPeerClient {
         max_connections: usize,
         connect_timeout: Duration,
         ca_file: Option<String>,
+        opened: Arc<AtomicU64>,
     ) -> Result<HttpPeerClient, String> {
         let authorization = hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the token is not a valid header value".to_owned())?;
@@ -99,6 +104,7 @@ impl HttpPeerClient {
             max_connections,
             connect_timeout,
             ca_file,
+            opened,
         })
     }
 
@@ -140,6 +146,7 @@ impl HttpPeerClient {
         .ok_or_else(|| LinkError::Connect("HTTP handshake timed out".into()))?
         .map_err(|e| LinkError::Connect(e.to_string()))?;
         self.open.set(self.open.get() + 1);
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let open = self.open.clone();
         glommio::spawn_local(async move {
             let _ = conn.await;

@@ -195,6 +195,11 @@ pub fn render(
             links.write_timeouts.load(Relaxed),
         ),
         (
+            "ilp_http_connections_opened_total",
+            "Connections opened to ILP-over-HTTP peers.",
+            links.http_connections_opened.load(Relaxed),
+        ),
+        (
             "ilp_btp_bad_frames_total",
             "Frames from peers that could not be parsed.",
             links.bad_frames.load(Relaxed),

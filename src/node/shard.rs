@@ -235,6 +235,7 @@ impl Shard {
                     HTTP_CONNECTIONS_PER_PEER,
                     Duration::from_millis(self.node.config.connect_timeout_ms),
                     self.node.config.tls_ca_file.clone(),
+                    self.node.link_counters.http_connections_opened.clone(),
                 ),
                 Some(Err(e)) => Err(e),
                 None => continue,
