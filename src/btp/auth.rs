@@ -27,8 +27,18 @@ impl Credential {
 
     /// Whether `token` is this credential's, in constant time.
     pub(crate) fn matches(&self, token: &[u8]) -> bool {
-        let d: [u8; 32] = Sha256::digest(token).into();
-        d.ct_eq(&self.token_digest).into()
+        self.matches_digest(&Sha256::digest(token).into())
+    }
+
+    /// As [`matches`](Self::matches), given `sha256(token)` (to check one token against
+    /// many credentials with one hash).
+    pub(crate) fn matches_digest(&self, digest: &[u8; 32]) -> bool {
+        digest.ct_eq(&self.token_digest).into()
+    }
+
+    /// `sha256(token)`, for [`matches_digest`](Self::matches_digest).
+    pub(crate) fn digest(token: &[u8]) -> [u8; 32] {
+        Sha256::digest(token).into()
     }
 }
 

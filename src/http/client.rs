@@ -114,17 +114,28 @@ impl HttpPeerClient {
     }
 
     async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, LinkError> {
-        loop {
-            let Some(mut s) = self.idle.borrow_mut().pop() else {
-                break;
-            };
-            if !s.is_closed()
-                && futures_lite::future::poll_once(s.ready())
-                    .await
-                    .is_some_and(|r| r.is_ok())
-            {
-                return Ok(s);
+        // An idle connection that is ready takes the request; one still finishing its last
+        // exchange stays in the pool; a closed one is dropped.
+        let idle: Vec<_> = self.idle.borrow_mut().drain(..).collect();
+        let mut found = None;
+        for mut s in idle {
+            if s.is_closed() {
+                continue;
             }
+            if found.is_none() {
+                match futures_lite::future::poll_once(s.ready()).await {
+                    Some(Ok(())) => {
+                        found = Some(s);
+                        continue;
+                    }
+                    Some(Err(_)) => continue,
+                    None => {}
+                }
+            }
+            self.idle.borrow_mut().push(s);
+        }
+        if let Some(s) = found {
+            return Ok(s);
         }
         if self.open.get() >= self.max_connections {
             return Err(LinkError::QueueFull);
