@@ -325,6 +325,10 @@ pub struct Config {
     /// Where the HTTP server listens (default 127.0.0.1).
     #[serde(default)]
     pub http_server_host: Option<String>,
+    /// An HTTP connection that sends nothing this long while none of its requests is being
+    /// answered is closed (idle keep-alive, or stalled halfway through its headers).
+    #[serde(default = "d_http_idle")]
+    pub http_idle_timeout_ms: u64,
     /// Serve BTP over TLS only (`wss`), with this certificate chain and key (PEM files).
     #[serde(default)]
     pub btp_server_tls: Option<TlsFiles>,
@@ -440,6 +444,9 @@ pub struct Config {
 
 fn d_true() -> bool {
     true
+}
+fn d_http_idle() -> u64 {
+    30_000
 }
 fn d_route_broadcast_interval() -> u64 {
     30_000
@@ -705,6 +712,7 @@ impl Config {
                 u64::from(self.max_auth_failures_per_ip),
             ),
             ("routeBroadcastIntervalMs", self.route_broadcast_interval_ms),
+            ("httpIdleTimeoutMs", self.http_idle_timeout_ms),
             ("routeExpiryMs", u64::from(self.route_expiry_ms)),
         ] {
             if v == 0 {

@@ -58,7 +58,7 @@ fn send(a: &ConnectorNode, destination: &str, count: usize) -> Vec<String> {
 fn our_nodes_over_http() {
     let fulfiller = Fulfiller::start("b", "secret-bk", Mode::Fulfill);
     let b = start(&format!(
-        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhttpServerPort: 0\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: kid, relation: child, url: \"{}\", authToken: secret-bk}}\n",
+        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhttpServerPort: 0\nhttpIdleTimeoutMs: 300\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: kid, relation: child, url: \"{}\", authToken: secret-bk}}\n",
         fulfiller.url()
     ));
     let http = b.http_port().expect("B serves HTTP");
@@ -67,6 +67,8 @@ fn our_nodes_over_http() {
     // Fulfilled end to end, many times over the same keep-alive connections.
     let answers = send(&a, "test.b.kid.x", 200);
     assert!(answers.iter().all(|a| a == "fulfilled"), "{answers:?}");
+    // A request answered later than the idle timeout keeps its connection (it is busy).
+    assert_eq!(send(&a, "test.b.kid.delay-800", 1), ["fulfilled"]);
     // A Reject comes back unchanged in the 200 body.
     assert_eq!(send(&a, "test.b.kid.reject-F99", 1), ["F99 test.fulfiller"]);
     // No route at B: B's own F02, passed through.
@@ -118,4 +120,19 @@ fn our_nodes_over_http() {
         .call()
         .unwrap();
     assert_eq!(get.status(), 200);
+    // A client that stalls halfway through its headers is closed after the idle timeout.
+    use std::io::{Read, Write};
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    half.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = std::time::Instant::now();
+    let n = half
+        .read(&mut [0u8; 64])
+        .expect("closed by the server (a read timeout means it was not)");
+    assert_eq!(n, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
 }

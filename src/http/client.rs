@@ -151,7 +151,7 @@ impl HttpPeerClient {
         .await?;
         let (sender, conn) = within(
             self.connect_timeout,
-            hyper::client::conn::http1::handshake(HyperIo(stream)),
+            hyper::client::conn::http1::handshake(HyperIo::new(stream)),
         )
         .await
         .ok_or_else(|| LinkError::Connect("HTTP handshake timed out".into()))?

@@ -2,15 +2,35 @@
 //! small stack buffer into hyper's cursor, so no `unsafe` is needed for its uninitialised
 //! buffer (one copy of each read, on a path that also parses HTTP).
 
+use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::btp::tls::Stream;
 
-/// A [`Stream`] as hyper I/O.
-pub struct HyperIo(pub Stream);
+/// A [`Stream`] as hyper I/O; with `seen`, every read that brings bytes notes the time (the
+/// server's idle watchdog reads it).
+pub struct HyperIo {
+    stream: Stream,
+    seen: Option<Rc<Cell<Instant>>>,
+}
+
+impl HyperIo {
+    pub fn new(stream: Stream) -> HyperIo {
+        HyperIo { stream, seen: None }
+    }
+
+    pub fn watched(stream: Stream, seen: Rc<Cell<Instant>>) -> HyperIo {
+        HyperIo {
+            stream,
+            seen: Some(seen),
+        }
+    }
+}
 
 impl hyper::rt::Read for HyperIo {
     fn poll_read(
@@ -20,8 +40,11 @@ impl hyper::rt::Read for HyperIo {
     ) -> Poll<std::io::Result<()>> {
         let mut tmp = [0u8; 8192];
         let want = buf.remaining().min(tmp.len());
-        match Pin::new(&mut self.0).poll_read(cx, &mut tmp[..want]) {
+        match Pin::new(&mut self.stream).poll_read(cx, &mut tmp[..want]) {
             Poll::Ready(Ok(n)) => {
+                if let (Some(seen), true) = (&self.seen, n > 0) {
+                    seen.set(Instant::now());
+                }
                 buf.put_slice(&tmp[..n]);
                 Poll::Ready(Ok(()))
             }
@@ -37,14 +60,14 @@ impl hyper::rt::Write for HyperIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.stream).poll_close(cx)
     }
 }

@@ -7,15 +7,17 @@
 //! Prepare gets 200 with an F01 Reject (from the forwarding path), as the JS plugin answers.
 //! `GET` answers 200 "OK" without auth (a health check, as the JS plugin does).
 //!
-//! Bounds: at most [`MAX_CONNECTIONS`] connections per shard (more are closed at accept) and
-//! a connection lives at most [`CONNECTION_LIFETIME`] (hyper's header timer needs a `Send`
-//! timer glommio does not have, so idle connections are bounded this way).
+//! Bounds: at most [`MAX_CONNECTIONS`] connections per shard (more are closed at accept); a
+//! connection that brings no bytes for `idle` while no request of it is being answered is
+//! closed (keep-alive clients idle that long, and clients that stall halfway through their
+//! headers; hyper's own header timer needs a `Send` timer glommio does not have), checked
+//! every [`IDLE_CHECK`] or `idle`, whichever is shorter.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,8 +33,8 @@ use crate::btp::within;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Time to send a request body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a connection is kept.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+/// How often a connection's idle time is checked, at most.
+pub const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Answers one Prepare from a peer: `(peer id, body)` → the ILP answer.
 pub type Handler = Rc<dyn Fn(String, Bytes) -> Pin<Box<dyn Future<Output = Bytes>>>>;
@@ -44,6 +46,7 @@ pub async fn serve(
     listener: glommio::net::TcpListener,
     handler: Handler,
     creds: Credentials,
+    idle: Duration,
     stopped: impl Future<Output = ()>,
 ) {
     let open = Rc::new(Cell::new(0usize));
@@ -70,17 +73,45 @@ pub async fn serve(
         open.set(open.get() + 1);
         let (handler, creds, open) = (handler.clone(), creds.clone(), open.clone());
         glommio::spawn_local(async move {
+            let seen = Rc::new(Cell::new(Instant::now()));
+            let busy = Rc::new(Cell::new(0usize));
+            let answering = busy.clone();
             let service = hyper::service::service_fn(move |req| {
-                let (handler, creds) = (handler.clone(), creds.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &handler, &creds).await) }
+                let (handler, creds, busy) = (handler.clone(), creds.clone(), answering.clone());
+                async move {
+                    busy.set(busy.get() + 1);
+                    let r = handle(req, &handler, &creds).await;
+                    busy.set(busy.get().saturating_sub(1));
+                    Ok::<_, std::convert::Infallible>(r)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(HyperIo(Stream::Plain(stream)), service);
-            let _ = within(CONNECTION_LIFETIME, conn).await;
+                .serve_connection(
+                    HyperIo::watched(Stream::Plain(stream), seen.clone()),
+                    service,
+                );
+            futures_lite::future::or(
+                async {
+                    let _ = conn.await;
+                },
+                until_idle(seen, busy, idle),
+            )
+            .await;
             open.set(open.get().saturating_sub(1));
         })
         .detach();
+    }
+}
+
+/// Ends once the connection has brought no bytes for `idle` while nothing of it is being
+/// answered.
+async fn until_idle(seen: Rc<Cell<Instant>>, busy: Rc<Cell<usize>>, idle: Duration) {
+    loop {
+        glommio::timer::sleep(IDLE_CHECK.min(idle)).await;
+        if busy.get() == 0 && seen.get().elapsed() >= idle {
+            return;
+        }
     }
 }
 

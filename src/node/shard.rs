@@ -342,10 +342,12 @@ impl Shard {
             });
             let creds: crate::http::server::Credentials =
                 Rc::new(move || creds_of.peers.borrow().http_creds.clone());
+            let idle = Duration::from_millis(self.node.config.http_idle_timeout_ms);
             glommio::spawn_local(crate::http::server::serve(
                 http,
                 handler,
                 creds,
+                idle,
                 async move { stop.until_stopping().await },
             ))
             .detach();
