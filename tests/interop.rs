@@ -556,3 +556,77 @@ fn ilp_over_http_with_the_js_plugin() {
     });
     assert_eq!(code, "F02");
 }
+
+/// Issue 18: the chain sender → JS A —HTTP→ our B —BTP→ our C —HTTP→ JS D → fulfiller, all
+/// fulfilled.
+#[test]
+fn js_http_ours_btp_ours_http_js_chain() {
+    let http_account = |port: u16, incoming: &str, url: &str, outgoing: &str| {
+        format!(
+            r#"{{"incoming":{{"port":{port},"staticToken":"{incoming}"}},"outgoing":{{"url":"{url}","staticToken":"{outgoing}"}}}}"#
+        )
+    };
+    let fulfiller = Fulfiller::start("jsd", "secret-r", Mode::Fulfill);
+    let (pa, pd) = (free_port(), free_port());
+    let node =
+        |yaml: String| ilp_connector::admin::start_node(Config::from_yaml(&yaml).unwrap()).unwrap();
+    let c = node(format!(
+        "nodeId: c\nilpAddress: test.c\nbtpServerPort: 0\nhttpServerPort: 0\nreadyTimeoutMs: 100\npeers:\n  - {{id: b, relation: peer, authToken: secret-bc}}\n  - {{id: jsd, relation: peer, url: \"http://127.0.0.1:{pd}/\", authToken: tok-d-to-c, outgoingAuthToken: tok-c-to-d}}\nroutes:\n  - {{prefix: test.jsd, nextHop: jsd}}\n"
+    ));
+    let b = node(format!(
+        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhttpServerPort: 0\nreadyTimeoutMs: 100\npeers:\n  - {{id: jsa, relation: peer, url: \"http://127.0.0.1:{pa}/\", authToken: tok-a-to-b, outgoingAuthToken: tok-b-to-a}}\n  - {{id: c, relation: peer, url: \"ws://127.0.0.1:{}\", authToken: secret-bc}}\nroutes:\n  - {{prefix: test.jsd, nextHop: c}}\n",
+        c.btp_port()
+    ));
+    wait_peer_up(&b, "c");
+    let c_http = format!("http://127.0.0.1:{}/", c.http_port().unwrap());
+    let b_http = format!("http://127.0.0.1:{}/", b.http_port().unwrap());
+    let (_d, d_rx) = js_connector(
+        "test.jsd",
+        "[]",
+        &[
+            (
+                "c",
+                "peer",
+                http_account(pd, "tok-c-to-d", &c_http, "tok-d-to-c"),
+            ),
+            (
+                "receiver",
+                "child",
+                format!(
+                    r#"{{"server":"btp+ws://jsd:secret-r@127.0.0.1:{}"}}"#,
+                    fulfiller.port
+                ),
+            ),
+        ],
+    );
+    assert_eq!(next_line(&d_rx, "D connected")["connected"], true);
+    let (_a, a_rx) = js_connector(
+        "test.jsa",
+        r#"[{"targetPrefix":"test.jsd","peerId":"b"}]"#,
+        &[
+            (
+                "sender",
+                "child",
+                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
+            ),
+            (
+                "b",
+                "peer",
+                http_account(pa, "tok-b-to-a", &b_http, "tok-a-to-b"),
+            ),
+        ],
+    );
+    let a_port = next_line(&a_rx, "A's listening port")["port"]
+        .as_u64()
+        .expect("port");
+    assert_eq!(
+        send_unique(
+            format!("ws://127.0.0.1:{a_port}"),
+            "secret-sa",
+            "test.jsd.receiver.x",
+            500,
+            1
+        ),
+        500
+    );
+}
