@@ -325,6 +325,9 @@ pub struct Config {
     /// Where the HTTP server listens (default 127.0.0.1).
     #[serde(default)]
     pub http_server_host: Option<String>,
+    /// TLS for the HTTP port (then it serves `https` only).
+    #[serde(default)]
+    pub http_server_tls: Option<TlsFiles>,
     /// An HTTP connection that sends nothing this long while none of its requests is being
     /// answered is closed (idle keep-alive, or stalled halfway through its headers).
     #[serde(default = "d_http_idle")]
@@ -631,6 +634,10 @@ impl Config {
                 "adminToken",
                 "is empty (from the config, env ADMIN_TOKEN or adminTokenFile)",
             ));
+        }
+        if let Some(t) = &self.http_server_tls {
+            crate::btp::tls::server_config(&t.cert_file, &t.key_file)
+                .map_err(|e| invalid("httpServerTls", e))?;
         }
         if let Some(t) = &self.btp_server_tls {
             crate::btp::tls::server_config(&t.cert_file, &t.key_file)

@@ -269,3 +269,46 @@ fn certificate_rotates_on_reload() {
     assert!(connects_with(new.path("ca.pem")));
     assert!(!connects_with(old.path("ca.pem")));
 }
+
+/// ILP-over-HTTP over TLS between our nodes: B serves `https` only (`httpServerTls`), A
+/// posts to `https://localhost:<port>/` trusting the test CA; a plain `http://` client gets
+/// nowhere (T01 or T00 from A, never a Fulfill).
+#[test]
+fn ilp_over_https_between_our_nodes() {
+    let pki = Pki::new("https");
+    let f = Fulfiller::start("b", "secret-r", Mode::Fulfill);
+    let b = start(&format!(
+        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhttpServerPort: 0\nhttpServerTls: {{certFile: {}, keyFile: {}}}\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-r}}\n",
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
+        f.url()
+    ));
+    assert!(b.wait_ready(Duration::from_secs(10)));
+    let port = b.http_port().unwrap();
+    let send_via = |url: String, ca: Option<String>| {
+        let a = start(&a_yaml(&url, ca.as_deref()));
+        assert!(a.wait_ready(Duration::from_secs(10)));
+        let sender = format!("ws://127.0.0.1:{}", a.btp_port());
+        run_local(move || async move {
+            let s = SenderLink::connect(&sender, "sender", "secret-s")
+                .await
+                .unwrap();
+            s.send("test.b.receiver.x", 5, 20_000, b"over https").await
+        })
+        .unwrap()
+    };
+    let answer = send_via(
+        format!("https://localhost:{port}/"),
+        Some(pki.path("ca.pem")),
+    );
+    assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");
+    // Without the CA the certificate is not trusted: no Fulfill.
+    let answer = send_via(format!("https://localhost:{port}/"), None);
+    let Packet::Reject(r) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(r.code().as_str(), "T01", "{r:?}");
+    // Plain HTTP to the HTTPS port.
+    let answer = send_via(format!("http://127.0.0.1:{port}/"), None);
+    assert!(matches!(answer, Packet::Reject(_)), "{answer:?}");
+}

@@ -1,6 +1,6 @@
 //! The HTTP side of the BTP port's job: accepts ILP-over-HTTP peers on `httpServerPort`
 //! (every shard binds it, SO_REUSEPORT), HTTP/1.1 keep-alive, one task per connection (no
-//! thread). Per request: `POST` (any path); `Authorization: Bearer <token>` or the bare token
+//! thread); with `httpServerTls`, HTTPS only (rustls; the handshake within [`BODY_TIMEOUT`]). Per request: `POST` (any path); `Authorization: Bearer <token>` or the bare token
 //! picks the peer (constant time, the same uniform failure as BTP: 401 "invalid
 //! authorization"); a body of at most [`MAX_BODY`] bytes (413 beyond) read within
 //! [`BODY_TIMEOUT`]; then the handler's ILP answer is the 200 body. A body that is not a
@@ -19,7 +19,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures_rustls::rustls::ServerConfig;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -44,6 +47,7 @@ pub type Credentials = Rc<dyn Fn() -> Rc<Vec<Credential>>>;
 /// Serves `listener` until `stopped` resolves.
 pub async fn serve(
     listener: glommio::net::TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     handler: Handler,
     creds: Credentials,
     idle: Duration,
@@ -72,7 +76,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         open.set(open.get() + 1);
         let (handler, creds, open) = (handler.clone(), creds.clone(), open.clone());
+        let tls = tls.clone();
         glommio::spawn_local(async move {
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(config) => {
+                    let accept = futures_rustls::TlsAcceptor::from(config).accept(stream);
+                    match within(BODY_TIMEOUT, accept).await {
+                        Some(Ok(s)) => Stream::Server(Box::new(s)),
+                        _ => {
+                            open.set(open.get().saturating_sub(1));
+                            return;
+                        }
+                    }
+                }
+            };
             let seen = Rc::new(Cell::new(Instant::now()));
             let busy = Rc::new(Cell::new(0usize));
             let answering = busy.clone();
@@ -87,10 +105,7 @@ pub async fn serve(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(
-                    HyperIo::watched(Stream::Plain(stream), seen.clone()),
-                    service,
-                );
+                .serve_connection(HyperIo::watched(stream, seen.clone()), service);
             futures_lite::future::or(
                 async {
                     let _ = conn.await;

@@ -39,6 +39,8 @@ pub struct NodeShared {
     /// TLS for the BTP port (`btpServerTls`), if it serves `wss`; replaced by
     /// [`reload_tls`] (new connections use the new one, open ones keep theirs).
     pub btp_tls: arc_swap::ArcSwapOption<futures_rustls::rustls::ServerConfig>,
+    /// TLS for the HTTP port (`httpServerTls`), loaded at start.
+    pub http_tls: Option<Arc<futures_rustls::rustls::ServerConfig>>,
     pub routing: RoutingTable,
     pub peers: Peers,
     pub metrics: Vec<Arc<ShardMetrics>>,
@@ -137,12 +139,20 @@ impl ConnectorNode {
             ),
             None => None,
         };
+        let http_tls = match &config.http_server_tls {
+            Some(t) => Some(
+                crate::btp::tls::server_config(&t.cert_file, &t.key_file)
+                    .map_err(|e| StartError::Config(format!("httpServerTls: {e}")))?,
+            ),
+            None => None,
+        };
         let n = config.shard_count();
         let book = Book::open(&config, n).map_err(|e| StartError::Journal(e.to_string()))?;
         log_accounts(&config, &book);
         let shared = Arc::new(NodeShared {
             book,
             btp_tls: arc_swap::ArcSwapOption::new(btp_tls),
+            http_tls,
             peers: Peers::new(config.peers.iter().cloned(), n),
             metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
             link_counters: Arc::default(),

@@ -345,6 +345,7 @@ impl Shard {
             let idle = Duration::from_millis(self.node.config.http_idle_timeout_ms);
             glommio::spawn_local(crate::http::server::serve(
                 http,
+                self.node.http_tls.clone(),
                 handler,
                 creds,
                 idle,
