@@ -90,6 +90,10 @@ pub struct PeerConfig {
     /// `authToken` (which stays the token the peer must present to us).
     #[serde(default)]
     pub outgoing_auth_token: Option<String>,
+    /// ILP-over-HTTP peers: speak HTTP/2 to it (one multiplexed connection) instead of
+    /// HTTP/1.1 (one connection per request in flight).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// How many links to keep to a dialled peer (see [`PeerConfig::links`]).

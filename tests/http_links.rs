@@ -136,3 +136,62 @@ fn our_nodes_over_http() {
         t.elapsed()
     );
 }
+
+/// HTTP/2 with prior knowledge (h2c): A keeps one connection to B and multiplexes 64
+/// requests at a time on it; B's server tells it from HTTP/1.1 by the preface.
+#[test]
+fn our_nodes_over_h2c() {
+    let fulfiller = Fulfiller::start("b", "secret-bk", Mode::Fulfill);
+    let b = start(&format!(
+        "nodeId: b\nilpAddress: test.b\nbtpServerPort: 0\nhttpServerPort: 0\npeers:\n  - {{id: a, relation: peer, authToken: secret-ab}}\n  - {{id: kid, relation: child, url: \"{}\", authToken: secret-bk}}\n",
+        fulfiller.url()
+    ));
+    let http = b.http_port().unwrap();
+    let a = start(&format!(
+        "nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\nhealthCheckPort: 0\nreadyTimeoutMs: 100\npeers:\n  - {{id: sender, relation: child, authToken: secret-sa}}\n  - {{id: b, relation: peer, url: \"http://127.0.0.1:{http}/\", authToken: secret-ab, http2: true}}\nroutes:\n  - {{prefix: test.b, nextHop: b}}\n"
+    ));
+    let port = a.btp_port();
+    let fulfilled = run_local(move || async move {
+        let url = format!("btp+ws://sender:secret-sa@127.0.0.1:{port}");
+        let s = std::rc::Rc::new(
+            SenderLink::connect(&url, "sender", "secret-sa")
+                .await
+                .unwrap(),
+        );
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    let mut n = 0;
+                    for i in 0..5 {
+                        let data = format!("h2-{t}-{i}");
+                        if let Ok(Packet::Fulfill(_)) =
+                            s.send("test.b.kid.x", 1, 10_000, data.as_bytes()).await
+                        {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for t in tasks {
+            n += t.await;
+        }
+        n
+    });
+    assert_eq!(fulfilled, 320);
+    let metrics = ureq::get(&format!(
+        "http://127.0.0.1:{}/metrics",
+        a.admin_port().unwrap()
+    ))
+    .call()
+    .unwrap()
+    .into_string()
+    .unwrap();
+    assert!(
+        metrics.contains("ilp_http_connections_opened_total 1\n"),
+        "one HTTP/2 connection for 64 at a time: {metrics}"
+    );
+}

@@ -197,6 +197,7 @@ fn peers_added_and_removed_at_runtime() {
         send_routes: None,
         receive_routes: None,
         outgoing_auth_token: None,
+        http2: false,
     })
     .unwrap();
     let g = Fulfiller::dial(&url, "g", "secret-g", Mode::Fulfill).unwrap();

@@ -311,4 +311,25 @@ fn ilp_over_https_between_our_nodes() {
     // Plain HTTP to the HTTPS port.
     let answer = send_via(format!("http://127.0.0.1:{port}/"), None);
     assert!(matches!(answer, Packet::Reject(_)), "{answer:?}");
+    // HTTP/2 over TLS, chosen by ALPN.
+    let a = start(
+        &a_yaml(
+            &format!("https://localhost:{port}/"),
+            Some(&pki.path("ca.pem")),
+        )
+        .replace(
+            "authToken: secret-ab}",
+            "authToken: secret-ab, http2: true}",
+        ),
+    );
+    assert!(a.wait_ready(Duration::from_secs(10)));
+    let sender = format!("ws://127.0.0.1:{}", a.btp_port());
+    let answer = run_local(move || async move {
+        let s = SenderLink::connect(&sender, "sender", "secret-s")
+            .await
+            .unwrap();
+        s.send("test.b.receiver.x", 5, 20_000, b"over h2").await
+    })
+    .unwrap();
+    assert!(matches!(answer, Packet::Fulfill(_)), "{answer:?}");
 }

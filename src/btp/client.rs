@@ -102,13 +102,15 @@ pub async fn resolve(host_port: &str, timeout: Duration) -> Result<SocketAddr, L
 }
 
 /// TCP connect (and TLS, checking `host`'s certificate against the system roots and
-/// `ca_file`), each step bounded by `timeout`. Shared by BTP and HTTP links.
+/// `ca_file`, offering the `alpn` protocols if any), each step bounded by `timeout`. Shared
+/// by BTP and HTTP links.
 pub async fn connect(
     host_port: &str,
     host: &str,
     tls: bool,
     timeout: Duration,
     ca_file: Option<&str>,
+    alpn: &[&[u8]],
 ) -> Result<Stream, LinkError> {
     let addr = resolve(host_port, timeout).await?;
     let tcp = TcpStream::connect_timeout(addr, timeout)
@@ -118,7 +120,12 @@ pub async fn connect(
     if !tls {
         return Ok(Stream::Plain(tcp));
     }
-    let config = super::tls::client_config(ca_file).map_err(LinkError::Connect)?;
+    let mut config = super::tls::client_config(ca_file).map_err(LinkError::Connect)?;
+    if !alpn.is_empty() {
+        let mut c = (*config).clone();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config = std::sync::Arc::new(c);
+    }
     let name = rustls_pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| LinkError::Connect(format!("{host}: {e}")))?;
     let tls = within(
@@ -160,6 +167,7 @@ pub async fn dial_with_ca(
         target.tls,
         timeout,
         ca_file,
+        &[],
     )
     .await?;
     let (mut ws, _) = within(

@@ -1,5 +1,7 @@
 //! POSTing Prepares to one HTTP peer from one shard: a pool of at most `max_connections`
-//! keep-alive HTTP/1.1 connections (no pipelining: one request per connection at a time).
+//! keep-alive HTTP/1.1 connections (no pipelining: one request per connection at a time), or
+//! with `http2` one HTTP/2 connection carrying every request at once (h2c with prior
+//! knowledge on `http://`, ALPN `h2` on `https://`).
 //! Each send is bounded by the packet's deadline; a request still running then is dropped
 //! with its connection (never re-sent: after the bytes left, a retry could pay twice).
 //!
@@ -18,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 
-use super::io::HyperIo;
+use super::io::{HyperIo, LocalExec};
 use super::{CONTENT_TYPE, MAX_BODY};
 use crate::btp::{within, LinkError};
 
@@ -83,6 +85,12 @@ pub struct HttpPeerClient {
     ca_file: Option<String>,
     /// Counts every connection opened (`ilp_http_connections_opened_total`).
     opened: Arc<AtomicU64>,
+    /// HTTP/2: one connection, requests multiplexed on it (h2c with prior knowledge on
+    /// `http://`, ALPN `h2` on `https://`).
+    http2: bool,
+    h2: RefCell<Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>>,
+    /// One HTTP/2 connect at a time (the requests that wait for it then share it).
+    h2_connecting: glommio::sync::Semaphore,
 }
 
 impl HttpPeerClient {
@@ -93,6 +101,7 @@ impl HttpPeerClient {
         connect_timeout: Duration,
         ca_file: Option<String>,
         opened: Arc<AtomicU64>,
+        http2: bool,
     ) -> Result<HttpPeerClient, String> {
         let authorization = hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the token is not a valid header value".to_owned())?;
@@ -105,6 +114,9 @@ impl HttpPeerClient {
             connect_timeout,
             ca_file,
             opened,
+            http2,
+            h2: RefCell::default(),
+            h2_connecting: glommio::sync::Semaphore::new(1),
         })
     }
 
@@ -140,15 +152,7 @@ impl HttpPeerClient {
         if self.open.get() >= self.max_connections {
             return Err(LinkError::QueueFull);
         }
-        let t = &self.target;
-        let stream = crate::btp::client::connect(
-            &t.host_port,
-            &t.host,
-            t.tls,
-            self.connect_timeout,
-            self.ca_file.as_deref(),
-        )
-        .await?;
+        let stream = self.connect(&[]).await?;
         let (sender, conn) = within(
             self.connect_timeout,
             hyper::client::conn::http1::handshake(HyperIo::new(stream)),
@@ -167,21 +171,88 @@ impl HttpPeerClient {
         Ok(sender)
     }
 
+    async fn connect(&self, alpn: &[&[u8]]) -> Result<crate::btp::tls::Stream, LinkError> {
+        let t = &self.target;
+        crate::btp::client::connect(
+            &t.host_port,
+            &t.host,
+            t.tls,
+            self.connect_timeout,
+            self.ca_file.as_deref(),
+            alpn,
+        )
+        .await
+    }
+
+    /// The HTTP/2 connection (made if there is none or it closed).
+    async fn h2_sender(
+        &self,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, LinkError> {
+        if let Some(s) = self.h2.borrow().as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let _permit = self
+            .h2_connecting
+            .acquire_permit(1)
+            .await
+            .map_err(|e| LinkError::Connect(e.to_string()))?;
+        // Another request may have connected while this one waited.
+        if let Some(s) = self.h2.borrow().as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let stream = self.connect(&[b"h2"]).await?;
+        let (sender, conn) = within(
+            self.connect_timeout,
+            hyper::client::conn::http2::handshake(LocalExec, HyperIo::new(stream)),
+        )
+        .await
+        .ok_or_else(|| LinkError::Connect("HTTP/2 handshake timed out".into()))?
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        glommio::spawn_local(async move {
+            let _ = conn.await;
+        })
+        .detach();
+        *self.h2.borrow_mut() = Some(sender.clone());
+        Ok(sender)
+    }
+
     /// POSTs `prepare`; the ILP answer's bytes, or why there is none (see the module doc).
     pub async fn send(&self, prepare: Bytes, deadline: Instant) -> Result<Bytes, LinkError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = async {
-            let mut sender = self.connection().await?;
-            let req = hyper::Request::post(self.target.path.as_str())
-                .header(hyper::header::HOST, self.target.authority.as_str())
+            let mut req = hyper::Request::post(self.target.path.as_str());
+            if self.http2 {
+                // HTTP/2 names the server in the :authority pseudo-header, from the URI.
+                req = hyper::Request::post(format!(
+                    "{}://{}{}",
+                    if self.target.tls { "https" } else { "http" },
+                    self.target.authority,
+                    self.target.path
+                ));
+            } else {
+                req = req.header(hyper::header::HOST, self.target.authority.as_str());
+            }
+            let req = req
                 .header(hyper::header::AUTHORIZATION, self.authorization.clone())
                 .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(Full::new(prepare))
                 .map_err(|e| LinkError::Protocol(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|_| LinkError::LinkLost)?;
+            let (resp, h1) = if self.http2 {
+                let mut sender = self.h2_sender().await?;
+                let resp = sender.send_request(req).await.map_err(|_| {
+                    self.h2.borrow_mut().take();
+                    LinkError::LinkLost
+                })?;
+                (resp, None)
+            } else {
+                let mut sender = self.connection().await?;
+                let resp = sender
+                    .send_request(req)
+                    .await
+                    .map_err(|_| LinkError::LinkLost)?;
+                (resp, Some(sender))
+            };
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
@@ -189,7 +260,9 @@ impl HttpPeerClient {
                 .map_err(|e| LinkError::Protocol(format!("HTTP body: {e}")))?
                 .to_bytes();
             // The connection served its request: back to the pool.
-            self.idle.borrow_mut().push(sender);
+            if let Some(sender) = h1 {
+                self.idle.borrow_mut().push(sender);
+            }
             if status != hyper::StatusCode::OK {
                 return Err(LinkError::Protocol(format!(
                     "HTTP {} from the next hop: {}",

@@ -1,6 +1,6 @@
 //! The HTTP side of the BTP port's job: accepts ILP-over-HTTP peers on `httpServerPort`
-//! (every shard binds it, SO_REUSEPORT), HTTP/1.1 keep-alive, one task per connection (no
-//! thread); with `httpServerTls`, HTTPS only (rustls; the handshake within [`BODY_TIMEOUT`]). Per request: `POST` (any path); `Authorization: Bearer <token>` or the bare token
+//! (every shard binds it, SO_REUSEPORT), HTTP/1.1 keep-alive or HTTP/2 (ALPN `h2` over TLS, or
+//! h2c with prior knowledge, told by its preface), one task per connection (no thread); with `httpServerTls`, HTTPS only (rustls; the handshake within [`BODY_TIMEOUT`]). Per request: `POST` (any path); `Authorization: Bearer <token>` or the bare token
 //! picks the peer (constant time, the same uniform failure as BTP: 401 "invalid
 //! authorization"); a body of at most [`MAX_BODY`] bytes (413 beyond) read within
 //! [`BODY_TIMEOUT`]; then the handler's ILP answer is the 200 body. A body that is not a
@@ -26,7 +26,7 @@ use futures_rustls::rustls::ServerConfig;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use super::io::HyperIo;
+use super::io::{HyperIo, LocalExec};
 use super::{CONTENT_TYPE, MAX_BODY};
 use crate::btp::auth::Credential;
 use crate::btp::tls::Stream;
@@ -78,45 +78,95 @@ pub async fn serve(
         let (handler, creds, open) = (handler.clone(), creds.clone(), open.clone());
         let tls = tls.clone();
         glommio::spawn_local(async move {
-            let stream = match tls {
-                None => Stream::Plain(stream),
-                Some(config) => {
-                    let accept = futures_rustls::TlsAcceptor::from(config).accept(stream);
-                    match within(BODY_TIMEOUT, accept).await {
-                        Some(Ok(s)) => Stream::Server(Box::new(s)),
-                        _ => {
-                            open.set(open.get().saturating_sub(1));
-                            return;
-                        }
-                    }
-                }
-            };
-            let seen = Rc::new(Cell::new(Instant::now()));
-            let busy = Rc::new(Cell::new(0usize));
-            let answering = busy.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let (handler, creds, busy) = (handler.clone(), creds.clone(), answering.clone());
-                async move {
-                    busy.set(busy.get() + 1);
-                    let r = handle(req, &handler, &creds).await;
-                    busy.set(busy.get().saturating_sub(1));
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(HyperIo::watched(stream, seen.clone()), service);
-            futures_lite::future::or(
-                async {
-                    let _ = conn.await;
-                },
-                until_idle(seen, busy, idle),
-            )
-            .await;
+            serve_connection(stream, tls, handler, creds, idle).await;
             open.set(open.get().saturating_sub(1));
         })
         .detach();
     }
+}
+
+/// The bytes an HTTP/2 client with prior knowledge (h2c) sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes tell HTTP/2 (the preface) from HTTP/1.1 (anything else);
+/// returns what was read, to be read again by hyper.
+async fn sniff_h2(stream: &mut Stream) -> Option<(bool, Vec<u8>)> {
+    use futures_lite::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = within(BODY_TIMEOUT, stream.read(&mut buf)).await?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let m = got.len().min(H2_PREFACE.len());
+        if got[..m] != H2_PREFACE[..m] {
+            return Some((false, got));
+        }
+        if got.len() >= H2_PREFACE.len() {
+            return Some((true, got));
+        }
+    }
+}
+
+/// One connection: TLS if configured, HTTP/2 if ALPN chose `h2` or the client opened with
+/// the h2c preface, else HTTP/1.1 keep-alive; until the client is done or idle.
+async fn serve_connection(
+    stream: glommio::net::TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    handler: Handler,
+    creds: Credentials,
+    idle: Duration,
+) {
+    let mut stream = match tls {
+        None => Stream::Plain(stream),
+        Some(config) => {
+            let accept = futures_rustls::TlsAcceptor::from(config).accept(stream);
+            match within(BODY_TIMEOUT, accept).await {
+                Some(Ok(s)) => Stream::Server(Box::new(s)),
+                _ => return,
+            }
+        }
+    };
+    let alpn_h2 = match &stream {
+        Stream::Server(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+        _ => false,
+    };
+    let (h2, prefix) = if alpn_h2 {
+        (true, Vec::new())
+    } else {
+        match sniff_h2(&mut stream).await {
+            Some(found) => found,
+            None => return,
+        }
+    };
+    let seen = Rc::new(Cell::new(Instant::now()));
+    let busy = Rc::new(Cell::new(0usize));
+    let answering = busy.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (handler, creds, busy) = (handler.clone(), creds.clone(), answering.clone());
+        async move {
+            busy.set(busy.get() + 1);
+            let r = handle(req, &handler, &creds).await;
+            busy.set(busy.get().saturating_sub(1));
+            Ok::<_, std::convert::Infallible>(r)
+        }
+    });
+    let io = HyperIo::watched(stream, seen.clone(), prefix);
+    let serve = async {
+        if h2 {
+            let _ = hyper::server::conn::http2::Builder::new(LocalExec)
+                .serve_connection(io, service)
+                .await;
+        } else {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, service)
+                .await;
+        }
+    };
+    futures_lite::future::or(serve, until_idle(seen, busy, idle)).await;
 }
 
 /// Ends once the connection has brought no bytes for `idle` while nothing of it is being

@@ -140,10 +140,14 @@ impl ConnectorNode {
             None => None,
         };
         let http_tls = match &config.http_server_tls {
-            Some(t) => Some(
-                crate::btp::tls::server_config(&t.cert_file, &t.key_file)
-                    .map_err(|e| StartError::Config(format!("httpServerTls: {e}")))?,
-            ),
+            Some(t) => {
+                let c = crate::btp::tls::server_config(&t.cert_file, &t.key_file)
+                    .map_err(|e| StartError::Config(format!("httpServerTls: {e}")))?;
+                // HTTP/2 or HTTP/1.1, as the client prefers (ALPN).
+                let mut c = (*c).clone();
+                c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Some(Arc::new(c))
+            }
             None => None,
         };
         let n = config.shard_count();

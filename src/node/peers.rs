@@ -242,6 +242,7 @@ mod tests {
             send_routes: None,
             receive_routes: None,
             outgoing_auth_token: None,
+            http2: false,
         }
     }
 

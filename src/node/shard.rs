@@ -236,6 +236,7 @@ impl Shard {
                     Duration::from_millis(self.node.config.connect_timeout_ms),
                     self.node.config.tls_ca_file.clone(),
                     self.node.link_counters.http_connections_opened.clone(),
+                    p.config.http2,
                 ),
                 Some(Err(e)) => Err(e),
                 None => continue,
