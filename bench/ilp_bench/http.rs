@@ -1,5 +1,5 @@
-//! `ilp-bench http`: one hop over an ILP-over-HTTP link against the same hop over BTP, in one
-//! run. sender —BTP→ A —(BTP | HTTP)→ B —BTP→ fulfiller; CPU per packet is A's and B's
+//! `ilp-bench http`: one hop over an ILP-over-HTTP link (HTTP/1.1, and HTTP/2 with prior
+//! knowledge) against the same hop over BTP, in one run. sender —BTP→ A —(BTP | HTTP)→ B —BTP→ fulfiller; CPU per packet is A's and B's
 //! together divided by the two nodes; `connections` is how many connections A opened to B
 //! over HTTP (`ilp_http_connections_opened_total`; a BTP link is one connection).
 
@@ -25,7 +25,8 @@ pub fn run(bin: &Path, timing: &Timing, concurrency: &[usize]) -> Result<Vec<Htt
     let bin = bin.to_path_buf();
     let mut rows = Vec::new();
     for &c in concurrency {
-        for http in [false, true] {
+        for mode in ["btp", "http", "h2c"] {
+            let http = mode != "btp";
             let fulfiller = Fulfiller::start("b", "secret-r", Mode::Fulfill);
             let b_http = free_port()?;
             let b_yaml = format!(
@@ -39,10 +40,15 @@ pub fn run(bin: &Path, timing: &Timing, concurrency: &[usize]) -> Result<Vec<Htt
             };
             let a_admin = free_port()?;
             let a_yaml = format!(
-                "nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\nhealthCheckPort: {a_admin}\nshards: 1\nlogLevel: warn\nmaxInFlightPerShard: 1000000\nreadyTimeoutMs: 200\npeers:\n  - {{id: sender, relation: child, authToken: bench-token}}\n  - {{id: b, relation: peer, url: \"{url}\", authToken: secret-ab}}\nroutes:\n  - {{prefix: test.b, nextHop: b}}\n"
+                "nodeId: a\nilpAddress: test.a\nbtpServerPort: 0\nhealthCheckPort: {a_admin}\nshards: 1\nlogLevel: warn\nmaxInFlightPerShard: 1000000\nreadyTimeoutMs: 200\npeers:\n  - {{id: sender, relation: child, authToken: bench-token}}\n  - {{id: b, relation: peer, url: \"{url}\", authToken: secret-ab, http2: {}}}\nroutes:\n  - {{prefix: test.b, nextHop: b}}\n",
+                mode == "h2c"
             );
             let (a, a_port) = start_connector(&bin, "http-a", a_yaml)?;
-            let label = if http { "http-link" } else { "btp-link" };
+            let label = match mode {
+                "btp" => "btp-link",
+                "http" => "http-link",
+                _ => "h2c-link",
+            };
             eprintln!("{label}, concurrency {c}");
             let spec = timing.load(
                 format!("ws://127.0.0.1:{a_port}"),
