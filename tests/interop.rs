@@ -414,6 +414,14 @@ fn routes_learned_from_and_by_the_js_connector() {
     assert_eq!(fulfilled, [200, 200]);
 }
 
+/// ilp-plugin-http options: listen on `port` for `incoming` tokens, POST to `url` with
+/// `outgoing`.
+fn http_account(port: u16, incoming: &str, url: &str, outgoing: &str) -> String {
+    format!(
+        r#"{{"incoming":{{"port":{port},"staticToken":"{incoming}"}},"outgoing":{{"url":"{url}","staticToken":"{outgoing}"}}}}"#
+    )
+}
+
 /// A free port on 127.0.0.1 (for a JS plugin that needs its port up front).
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -427,11 +435,6 @@ fn free_port() -> u16 {
 /// 401, which JS turns into its own F02.
 #[test]
 fn ilp_over_http_with_the_js_plugin() {
-    let http_account = |port: u16, incoming: &str, url: &str, outgoing: &str| {
-        format!(
-            r#"{{"incoming":{{"port":{port},"staticToken":"{incoming}"}},"outgoing":{{"url":"{url}","staticToken":"{outgoing}"}}}}"#
-        )
-    };
     let fulfiller = Fulfiller::start("jsc", "secret-r", Mode::Fulfill);
     let kid = Fulfiller::start("b", "secret-kid", Mode::Fulfill);
     let (pa, pc) = (free_port(), free_port());
@@ -561,11 +564,6 @@ fn ilp_over_http_with_the_js_plugin() {
 /// fulfilled.
 #[test]
 fn js_http_ours_btp_ours_http_js_chain() {
-    let http_account = |port: u16, incoming: &str, url: &str, outgoing: &str| {
-        format!(
-            r#"{{"incoming":{{"port":{port},"staticToken":"{incoming}"}},"outgoing":{{"url":"{url}","staticToken":"{outgoing}"}}}}"#
-        )
-    };
     let fulfiller = Fulfiller::start("jsd", "secret-r", Mode::Fulfill);
     let (pa, pd) = (free_port(), free_port());
     let node =

@@ -47,18 +47,7 @@ pub fn parse_url(url: &str) -> Result<DialTarget, String> {
             ))
         }
     };
-    let host = u
-        .host_str()
-        .ok_or_else(|| format!("url {shown:?} has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = u.port().unwrap_or(if tls { 443 } else { 80 });
-    let host_port = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let (host, host_port) = host_and_port(&u, tls, &shown)?;
     let username = Some(u.username().to_owned()).filter(|s| !s.is_empty());
     let token = u.password().map(str::to_owned);
     let _ = u.set_username("");
@@ -71,6 +60,24 @@ pub fn parse_url(url: &str) -> Result<DialTarget, String> {
         username,
         token,
     })
+}
+
+/// The host (without IPv6 brackets) and `host:port` to connect to (port 443 with TLS, else
+/// 80, when the URL has none). `shown`: the URL as errors may show it.
+pub fn host_and_port(u: &url::Url, tls: bool, shown: &str) -> Result<(String, String), String> {
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("url {shown:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = u.port().unwrap_or(if tls { 443 } else { 80 });
+    let host_port = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok((host, host_port))
 }
 
 /// Resolves `host:port` off the shard thread (glommio's blocking pool), bounded by

@@ -50,18 +50,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
             "url {shown:?}: put the token in outgoingAuthToken, not in the url"
         ));
     }
-    let host = u
-        .host_str()
-        .ok_or_else(|| format!("url {shown:?} has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = u.port().unwrap_or(if tls { 443 } else { 80 });
-    let host_port = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let (host, host_port) = crate::btp::client::host_and_port(&u, tls, &shown)?;
     let mut path = u.path().to_owned();
     if let Some(q) = u.query() {
         path = format!("{path}?{q}");
