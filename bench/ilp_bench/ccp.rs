@@ -14,12 +14,7 @@ use ilp_connector::codec::{Packet, PrepareFields, Timestamp};
 use ilp_connector::testkit::SenderLink;
 
 use super::load::{fetch_metrics, metric};
-use super::{procstat, start_connector};
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
+use super::{free_port, procstat, start_connector};
 
 pub fn run(bin: &Path, routes: usize) -> Result<(), String> {
     let admin_port = free_port()?;

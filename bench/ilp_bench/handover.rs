@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ilp_connector::testkit::{Fulfiller, Mode};
 
 use super::load::{fetch_metrics, metric, Placement};
-use super::{measure, start_connector, NodeOptions, Proc, Row, Timing};
+use super::{free_port, measure, start_connector, NodeOptions, Proc, Row, Timing};
 
 /// A row and the fraction of its packets the node handed over between shards.
 pub struct HandoverRow {
@@ -31,11 +31,6 @@ struct Node {
     btp_port: u16,
     admin_port: u16,
     home: usize,
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn start_node(bin: &Path, f: &Fulfiller, links: &str, opts: NodeOptions) -> Result<Node, String> {

@@ -8,12 +8,7 @@ use std::path::Path;
 use ilp_connector::testkit::{Fulfiller, Mode};
 
 use super::load::{fetch_metrics, metric};
-use super::{measure, start_connector, Row, Timing};
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
+use super::{free_port, measure, start_connector, Row, Timing};
 
 /// One row and the HTTP connections A opened during it.
 pub struct HttpRow {

@@ -653,6 +653,14 @@ fn spawn_with_port(mut cmd: Command, what: &str) -> Result<(Proc, u16), String> 
     Ok((proc, port))
 }
 
+/// Picks a free TCP port on 127.0.0.1 (bound and released at once).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
 fn start_connector(bin: &PathBuf, name: &str, yaml: String) -> Result<(Proc, u16), String> {
     let dir = std::env::temp_dir().join(format!("ilp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -24,7 +24,7 @@ use ilp_connector::testkit::{condition_for, run_local, Fulfiller, Mode};
 
 use async_tungstenite::tungstenite::Message;
 
-use crate::{procstat, start_connector, Proc};
+use crate::{free_port, procstat, start_connector, Proc};
 
 /// What a soak run found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -38,14 +38,6 @@ pub struct SoakReport {
     pub kills: usize,
     pub seconds: f64,
     pub peak_rss_mib: BTreeMap<String, f64>,
-}
-
-/// Picks a free TCP port on 127.0.0.1 (bound and released at once).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 fn node_yaml(name: &str, port: u16, peers: &str, routes: &str, extra: &str) -> String {

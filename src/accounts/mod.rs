@@ -41,9 +41,8 @@ pub struct ShardSlot {
     /// Reserved and not yet answered: Prepares from the peer, and to it.
     pub reserved_in: AtomicI64,
     pub reserved_out: AtomicI64,
-    /// Prepares from this peer rejected by this shard, by code (index in `ErrorCode::ALL`,
-    /// then one slot for any other code).
-    pub rejected: [AtomicU64; ErrorCode::ALL.len() + 1],
+    /// Prepares from this peer rejected by this shard, by code ([`ErrorCode::slot`]).
+    pub rejected: [AtomicU64; ErrorCode::SLOTS],
 }
 
 /// One accounted peer.

@@ -30,6 +30,18 @@ macro_rules! codes {
             /// Every code RFC-0027 names.
             pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$id),*];
 
+            /// Slots a per-code counter needs: one per code in [`ALL`](Self::ALL), then one
+            /// for any other code.
+            pub const SLOTS: usize = Self::ALL.len() + 1;
+
+            /// This code's counter slot (see [`SLOTS`](Self::SLOTS)).
+            pub fn slot(&self) -> usize {
+                Self::ALL
+                    .iter()
+                    .position(|c| c == self)
+                    .unwrap_or(Self::ALL.len())
+            }
+
             /// The RFC-0027 name, or a class-derived name for codes the RFC does not list.
             pub fn name(&self) -> &'static str {
                 match &self.0 {

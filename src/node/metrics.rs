@@ -18,13 +18,11 @@ const BUCKETS_US: [u64; 14] = [
     10_000_000,
 ];
 
-const N_CODES: usize = 21;
-
 #[derive(Default)]
 pub struct ShardMetrics {
     fulfilled: AtomicU64,
-    /// Per RFC code (index in `ErrorCode::ALL`), then one slot for any other code.
-    rejected: [AtomicU64; N_CODES + 1],
+    /// Per code ([`ErrorCode::slot`]).
+    rejected: [AtomicU64; ErrorCode::SLOTS],
     latency: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
     in_flight: AtomicI64,
@@ -42,13 +40,7 @@ impl ShardMetrics {
         self.in_flight.fetch_sub(1, Relaxed);
         match reject {
             None => self.fulfilled.fetch_add(1, Relaxed),
-            Some(code) => {
-                let i = ErrorCode::ALL
-                    .iter()
-                    .position(|c| *c == code)
-                    .unwrap_or(N_CODES);
-                self.rejected[i].fetch_add(1, Relaxed)
-            }
+            Some(code) => self.rejected[code.slot()].fetch_add(1, Relaxed),
         };
         let b = BUCKETS_US
             .iter()
@@ -80,6 +72,11 @@ pub struct RoutesReport {
     /// Learned routes in the published table.
     pub learned: usize,
     pub ccp: crate::routing::ccp::Counters,
+}
+
+/// The `code` label of counter slot `i` ([`ErrorCode::slot`]).
+fn slot_label(i: usize) -> &'static str {
+    ErrorCode::ALL.get(i).map_or("other", |c| c.as_str())
 }
 
 /// Renders the Prometheus text exposition for all shards.
@@ -150,10 +147,10 @@ pub fn render(
         "ilp_packets_total{{outcome=\"fulfilled\",code=\"\"}} {}",
         sum(&|m| m.fulfilled.load(Relaxed))
     );
-    for i in 0..=N_CODES {
+    for i in 0..ErrorCode::SLOTS {
         let n = sum(&|m| m.rejected[i].load(Relaxed));
         if n > 0 {
-            let code = ErrorCode::ALL.get(i).map_or("other", |c| c.as_str());
+            let code = slot_label(i);
             let _ = writeln!(
                 s,
                 "ilp_packets_total{{outcome=\"rejected\",code=\"{code}\"}} {n}"
@@ -286,10 +283,10 @@ fn render_accounts(s: &mut String, book: &Book) {
     );
     s.push_str("# HELP ilp_account_rejects_total Prepares from the peer that were rejected, by code.\n# TYPE ilp_account_rejects_total counter\n");
     for a in &book.accounts {
-        for i in 0..=N_CODES {
+        for i in 0..ErrorCode::SLOTS {
             let n: u64 = a.shards.iter().map(|x| x.rejected[i].load(Relaxed)).sum();
             if n > 0 {
-                let code = ErrorCode::ALL.get(i).map_or("other", |c| c.as_str());
+                let code = slot_label(i);
                 let _ = writeln!(
                     s,
                     "ilp_account_rejects_total{{peer=\"{}\",code=\"{code}\"}} {n}",

@@ -6,8 +6,12 @@
 //! peer (any more) is left out. What we then advertise by CCP is our address, our children's,
 //! and the learned routes that made it into the table.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
 use super::connector::NodeShared;
 use crate::config::Relation;
+use crate::routing::ccp::Best;
 use crate::routing::RouteError;
 
 /// Where a route in the table comes from (for `/routes`).
@@ -38,16 +42,17 @@ pub fn desired(shared: &NodeShared) -> Desired {
         .as_ref()
         .map(|c| c.best())
         .unwrap_or_default();
-    compute(shared, learned)
+    compute(shared, learned).0
 }
 
-fn compute(shared: &NodeShared, learned: Vec<crate::routing::ccp::Best>) -> Desired {
+/// The table, and the learned routes that made it in (what CCP re-advertises).
+fn compute(shared: &NodeShared, learned: Vec<Best>) -> (Desired, Vec<Best>) {
     let peers = shared.peers.list();
-    let is_peer = |id: &str| peers.iter().any(|p| p.id() == id);
+    let ids: HashSet<&str> = peers.iter().map(|p| p.id()).collect();
     let mut out = Desired::default();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for r in &shared.config.routes {
-        if is_peer(&r.next_hop) && seen.insert(r.prefix.clone()) {
+        if ids.contains(r.next_hop.as_str()) && seen.insert(r.prefix.clone()) {
             out.routes
                 .push((r.prefix.clone(), r.next_hop.clone(), Origin::Config));
         }
@@ -63,10 +68,17 @@ fn compute(shared: &NodeShared, learned: Vec<crate::routing::ccp::Best>) -> Desi
             }
         }
     }
+    let mut used = Vec::new();
     for b in learned {
-        if is_peer(&b.peer) && seen.insert(b.prefix.clone()) {
-            out.routes
-                .push((b.prefix, b.peer, Origin::Learned { path: b.path }));
+        if ids.contains(b.peer.as_str()) && seen.insert(b.prefix.clone()) {
+            out.routes.push((
+                b.prefix.clone(),
+                b.peer.clone(),
+                Origin::Learned {
+                    path: b.path.clone(),
+                },
+            ));
+            used.push(b);
         }
     }
     out.default_route = shared
@@ -74,27 +86,20 @@ fn compute(shared: &NodeShared, learned: Vec<crate::routing::ccp::Best>) -> Desi
         .default_route
         .clone()
         .or_else(|| shared.identity.parent().map(str::to_owned))
-        .filter(|d| is_peer(d));
-    out
+        .filter(|d| ids.contains(d.as_str()));
+    (out, used)
 }
 
 /// Rebuilds and publishes the table, and updates what CCP advertises to match it.
 pub fn rebuild(shared: &NodeShared) -> Result<(), RouteError> {
     let mut ccp = shared.ccp.lock().unwrap_or_else(|e| e.into_inner());
     let learned = ccp.as_ref().map(|c| c.best()).unwrap_or_default();
-    let d = compute(shared, learned.clone());
+    let (d, used) = compute(shared, learned);
     shared.routing.replace_all(
         d.routes.iter().map(|(p, h, _)| (p.as_str(), h.as_str())),
         d.default_route.as_deref(),
     )?;
-    let learned_in_table = d
-        .routes
-        .iter()
-        .filter(|(_, _, o)| matches!(o, Origin::Learned { .. }))
-        .count();
-    shared
-        .routes_learned
-        .store(learned_in_table, std::sync::atomic::Ordering::Relaxed);
+    shared.routes_learned.store(used.len(), Ordering::Relaxed);
     if let (Some(c), Some(address)) = (ccp.as_mut(), shared.identity.address()) {
         let mut local = vec![address.to_string()];
         local.extend(
@@ -103,14 +108,6 @@ pub fn rebuild(shared: &NodeShared) -> Result<(), RouteError> {
                 .filter(|(_, _, o)| *o == Origin::Child)
                 .map(|(p, _, _)| p.clone()),
         );
-        let used: Vec<_> = learned
-            .into_iter()
-            .filter(|b| {
-                d.routes.iter().any(|(p, h, o)| {
-                    *p == b.prefix && *h == b.peer && matches!(o, Origin::Learned { .. })
-                })
-            })
-            .collect();
         c.set_exports(&local, &used);
     }
     Ok(())
