@@ -36,7 +36,7 @@ fn answer_handler() -> IncomingHandler {
     }
     .encode(&mut fulfill);
     let fulfill = fulfill.freeze();
-    Rc::new(move |link: Link, p: BtpPacket| {
+    Rc::new(move |link: &Link, p: BtpPacket| {
         let mut frame = BytesMut::with_capacity(64);
         btp::encode_ilp(&mut frame, BtpType::Response, p.request_id(), &fulfill);
         let _ = link.send(frame.freeze());

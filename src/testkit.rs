@@ -255,7 +255,7 @@ pub fn close_when_stopped(link: &Link, stop: Arc<AtomicBool>) {
 }
 
 fn answer_handler(mode: Mode) -> IncomingHandler {
-    Rc::new(move |link: Link, packet: crate::codec::BtpPacket| {
+    Rc::new(move |link: &Link, packet: crate::codec::BtpPacket| {
         if mode == Mode::Silent {
             return;
         }
@@ -297,7 +297,7 @@ fn answer_handler(mode: Mode) -> IncomingHandler {
         if mode == Mode::Stalls && phase < stall_ms {
             wait = wait.max(Duration::from_millis(stall_ms - phase));
         }
-        respond_after(link, packet.request_id(), &ilp, wait);
+        respond_after(link.clone(), packet.request_id(), &ilp, wait);
     })
 }
 

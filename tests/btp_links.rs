@@ -18,7 +18,7 @@ use ilp_connector::testkit::{run_local, SenderLink};
 
 /// A BTP server on this executor accepting `client`/`token` (auth bounded by `auth_bound`);
 /// every MESSAGE goes to `handler`.
-fn spawn_server(token: &'static str, auth_bound: Duration, handler: fn(Link, BtpPacket)) -> u16 {
+fn spawn_server(token: &'static str, auth_bound: Duration, handler: fn(&Link, BtpPacket)) -> u16 {
     let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     glommio::spawn_local(async move {
@@ -63,7 +63,7 @@ fn fulfill_after(link: Link, p: BtpPacket, delay: Duration) {
 fn spawn_echo_server(token: &'static str) -> u16 {
     spawn_server(token, Duration::from_millis(300), |link, p| {
         let delay = Duration::from_micros(u64::from(p.request_id() % 5) * 300);
-        fulfill_after(link, p, delay);
+        fulfill_after(link.clone(), p, delay);
     })
 }
 
@@ -215,7 +215,7 @@ fn spawn_slow_server() -> u16 {
         }
         let delay = u64::from_be_bytes(prepare.data().try_into().unwrap());
         if delay != 0 {
-            fulfill_after(link, p, Duration::from_millis(delay));
+            fulfill_after(link.clone(), p, Duration::from_millis(delay));
         }
     })
 }

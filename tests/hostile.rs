@@ -637,8 +637,8 @@ fn outgoing_expiry_is_capped_and_a_late_fulfill_is_counted() {
                 .await
                 .unwrap();
             let l = Link::new(&peer, LinkConfig::default(), Deadlines::new());
-            let handler = Rc::new(move |link: Link, p: ilp_connector::codec::BtpPacket| {
-                let exp_tx = exp_tx.clone();
+            let handler = Rc::new(move |link: &Link, p: ilp_connector::codec::BtpPacket| {
+                let (exp_tx, link) = (exp_tx.clone(), link.clone());
                 glommio::spawn_local(async move {
                     let prepare = Prepare::decode(p.ilp().unwrap()).unwrap();
                     let _ = exp_tx

@@ -114,9 +114,17 @@ impl Default for LinkConfig {
     }
 }
 
-/// Called for every MESSAGE that arrives on a link. It must not block: spawn the work.
-/// Whoever handles it answers with [`Link::send`].
-pub type IncomingHandler = Rc<dyn Fn(Link, BtpPacket)>;
+/// Called for every MESSAGE that arrives on a link, on the link's task. It must not wait:
+/// it answers at once, or forwards with [`Link::relay`], or hands the work to another task.
+/// Whoever ends up with the answer sends it with [`Link::send`].
+pub type IncomingHandler = Rc<dyn Fn(&Link, BtpPacket)>;
+
+/// Takes the answer to a request sent with [`Link::relay`]: called by whichever task learns
+/// it (the link task that read the RESPONSE, the deadline driver, a link failing), with the
+/// key the request was relayed under. It must not wait.
+pub trait AnswerSink {
+    fn answered(&self, key: usize, result: Result<BtpPacket, LinkError>);
+}
 
 /// What waits in the outgoing queue.
 enum Outbound {
@@ -139,8 +147,21 @@ impl Outbound {
 }
 
 enum Slot {
+    /// A task awaits the answer ([`Link::request_until`]).
     Waiting(Option<Waker>),
     Done(Result<BtpPacket, LinkError>),
+    /// The answer goes to `sink` under `key` ([`Link::relay`]); nobody waits.
+    Relayed {
+        sink: std::rc::Weak<dyn AnswerSink>,
+        key: usize,
+    },
+}
+
+impl Slot {
+    /// Still waiting for its answer.
+    fn open(&self) -> bool {
+        !matches!(self, Slot::Done(_))
+    }
 }
 
 struct Pending {
@@ -203,17 +224,35 @@ impl LinkInner {
         let Some(p) = pending.get_mut(&id) else {
             return Some(result);
         };
-        let Slot::Waiting(waker) = &mut p.slot else {
-            return Some(result);
-        };
-        let waker = waker.take();
-        p.slot = Slot::Done(result);
-        drop(pending);
-        self.deadlines.done();
-        if let Some(w) = waker {
-            w.wake();
+        match &mut p.slot {
+            Slot::Done(_) => Some(result),
+            Slot::Waiting(waker) => {
+                let waker = waker.take();
+                p.slot = Slot::Done(result);
+                drop(pending);
+                self.deadlines.done();
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                None
+            }
+            Slot::Relayed { .. } => {
+                let Some(Pending {
+                    slot: Slot::Relayed { sink, key },
+                    ..
+                }) = pending.remove(&id)
+                else {
+                    return None;
+                };
+                // No borrow held: the sink writes to other links (or this one).
+                drop(pending);
+                self.deadlines.done();
+                if let Some(sink) = sink.upgrade() {
+                    sink.answered(key, result);
+                }
+                None
+            }
         }
-        None
     }
 
     fn fail_all(&self) {
@@ -221,7 +260,7 @@ impl LinkInner {
             .pending
             .borrow()
             .iter()
-            .filter(|(_, p)| matches!(p.slot, Slot::Waiting(_)))
+            .filter(|(_, p)| p.slot.open())
             .map(|(id, _)| *id)
             .collect();
         for id in waiting {
@@ -310,12 +349,12 @@ impl Expire for LinkInner {
         self.pending
             .borrow()
             .get(&id)
-            .is_some_and(|p| p.at == at && matches!(p.slot, Slot::Waiting(_)))
+            .is_some_and(|p| p.at == at && p.slot.open())
     }
 
     fn expire(&self, id: u32, at: Instant) {
         let amount = match self.pending.borrow().get(&id) {
-            Some(p) if p.at == at && matches!(p.slot, Slot::Waiting(_)) => p.amount,
+            Some(p) if p.at == at && p.slot.open() => p.amount,
             _ => return,
         };
         let mut given_up = self.given_up.borrow_mut();
@@ -457,10 +496,61 @@ impl Link {
     /// Fulfill arrives after `at`.
     pub async fn request_until(
         &self,
-        mut frame: BytesMut,
+        frame: BytesMut,
         at: Instant,
         amount: u64,
     ) -> Result<BtpPacket, LinkError> {
+        let inner = &*self.0;
+        let id = self.enqueue(frame, at, amount, Slot::Waiting(None))?;
+        let _guard = SlotGuard { inner, id };
+        std::future::poll_fn(|cx| {
+            let mut pending = inner.pending.borrow_mut();
+            let Some(p) = pending.get_mut(&id) else {
+                return Poll::Ready(Err(LinkError::LinkLost));
+            };
+            match &mut p.slot {
+                Slot::Waiting(w) => {
+                    park(w, cx);
+                    Poll::Pending
+                }
+                Slot::Relayed { .. } => Poll::Ready(Err(LinkError::LinkLost)),
+                Slot::Done(_) => match pending.remove(&id) {
+                    Some(Pending {
+                        slot: Slot::Done(r),
+                        ..
+                    }) => Poll::Ready(r),
+                    _ => Poll::Ready(Err(LinkError::LinkLost)),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Sends a request frame as [`Link::request_until`] does, but nobody waits: the answer
+    /// (or the timeout at `at`, or the link's failure) is handed to `sink` under `key`, by
+    /// whichever task learns it. An error here means the request was not sent and `sink`
+    /// will not be called.
+    pub fn relay(
+        &self,
+        frame: BytesMut,
+        at: Instant,
+        amount: u64,
+        sink: std::rc::Weak<dyn AnswerSink>,
+        key: usize,
+    ) -> Result<(), LinkError> {
+        self.enqueue(frame, at, amount, Slot::Relayed { sink, key })
+            .map(drop)
+    }
+
+    /// Registers a request with `slot` and queues its frame (with one of our request ids),
+    /// unless the link is closing or full.
+    fn enqueue(
+        &self,
+        mut frame: BytesMut,
+        at: Instant,
+        amount: u64,
+        slot: Slot,
+    ) -> Result<u32, LinkError> {
         let inner = &*self.0;
         if !self.is_open() {
             return Err(LinkError::LinkLost);
@@ -473,43 +563,19 @@ impl Link {
         }
         let id = self.alloc_id();
         set_request_id(&mut frame, id);
-        // Register before queueing: the answer may be read before this task runs again.
-        inner.pending.borrow_mut().insert(
-            id,
-            Pending {
-                at,
-                amount,
-                slot: Slot::Waiting(None),
-            },
-        );
+        // Register before queueing: the answer may be read before the caller runs again.
+        inner
+            .pending
+            .borrow_mut()
+            .insert(id, Pending { at, amount, slot });
         let weak: std::rc::Weak<dyn Expire> = Rc::downgrade(&self.0) as _;
         inner.deadlines.add(at, weak, id);
-        let _guard = SlotGuard { inner, id };
         inner.push(Outbound::Request {
             frame: frame.freeze(),
             id,
             at,
         });
-        std::future::poll_fn(|cx| {
-            let mut pending = inner.pending.borrow_mut();
-            let Some(p) = pending.get_mut(&id) else {
-                return Poll::Ready(Err(LinkError::LinkLost));
-            };
-            match &mut p.slot {
-                Slot::Waiting(w) => {
-                    park(w, cx);
-                    Poll::Pending
-                }
-                Slot::Done(_) => match pending.remove(&id) {
-                    Some(Pending {
-                        slot: Slot::Done(r),
-                        ..
-                    }) => Poll::Ready(r),
-                    _ => Poll::Ready(Err(LinkError::LinkLost)),
-                },
-            }
-        })
-        .await
+        Ok(id)
     }
 
     /// Queues the answer to one of the peer's requests. Never waits: the link bounds what
@@ -839,7 +905,7 @@ fn handle_frame(link: &Link, data: Bytes, handler: &IncomingHandler) -> FrameOut
         }
         BtpType::Message => {
             inner.unanswered_in.set(inner.unanswered_in.get() + 1);
-            handler(link.clone(), packet);
+            handler(link, packet);
             FrameOutcome::Done
         }
         BtpType::Transfer => FrameOutcome::Reply(error_frame(

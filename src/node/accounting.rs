@@ -73,8 +73,8 @@ pub struct ShardAccounts {
 }
 
 /// A reservation for one Prepare: released on drop unless committed.
-pub struct Reserved<'a> {
-    accounts: &'a ShardAccounts,
+pub struct Reserved {
+    accounts: Rc<ShardAccounts>,
     /// The amount to forward, in the next hop's units.
     pub out_amount: u64,
     incoming: Option<(u16, i64)>,
@@ -184,11 +184,11 @@ impl ShardAccounts {
 
     /// Checks and reserves a Prepare of `amount` from `source` to `next_hop`.
     pub fn reserve(
-        &self,
+        self: &Rc<Self>,
         source: &str,
         next_hop: &str,
         amount: u64,
-    ) -> Result<Reserved<'_>, Refusal> {
+    ) -> Result<Reserved, Refusal> {
         let src = self.terms(source);
         let dst = self.terms(next_hop);
         if let Some(max) = src.max_packet {
@@ -216,7 +216,7 @@ impl ShardAccounts {
             ));
         };
         let mut r = Reserved {
-            accounts: self,
+            accounts: self.clone(),
             out_amount,
             incoming: None,
             outgoing: None,
@@ -395,7 +395,7 @@ impl ShardAccounts {
     }
 }
 
-impl Reserved<'_> {
+impl Reserved {
     /// The Prepare was fulfilled: the balances change. Returns the journal sequence number
     /// to wait for (strict durability), if anything was journaled.
     pub fn commit(mut self) -> Option<u64> {
@@ -410,7 +410,7 @@ impl Reserved<'_> {
     }
 }
 
-impl Drop for Reserved<'_> {
+impl Drop for Reserved {
     fn drop(&mut self) {
         if let Some((i, amt)) = self.incoming.take() {
             self.accounts.release_side(i, amt, true);

@@ -20,10 +20,11 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 
+use super::handover::Handoff;
 use super::identity::{Identity, Learned, Own, DEFAULT_ASSET_CODE, DEFAULT_ASSET_SCALE};
 use super::metrics::ShardMetrics;
 use super::peers::{PeerEntry, PeerError, Peers};
-use super::shard::{Handoff, Shard};
+use super::shard::Shard;
 use crate::accounts::Book;
 use crate::btp::link::LinkCounters;
 use crate::codec::Address;

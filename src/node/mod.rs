@@ -1,5 +1,7 @@
 //! The connector: forwarding rules ([`rules`], sans-IO), the peer manager ([`peers`]), the
-//! per-shard runtime ([`shard`]: peer links, packet handling, hand-over between shards),
+//! per-shard runtime ([`shard`]: peer links and their lifecycle; the packet path in
+//! `forward`, run to completion on the link task that read the packet; `handover` between
+//! shards),
 //! metrics ([`metrics`]), our own address and asset ([`identity`], configured or learned from
 //! the parent by ILDCP), accounts per shard ([`accounting`]), the routing table's sources
 //! ([`routes`]) and the route protocol at run time ([`ccp`]), and the node's lifecycle
@@ -8,6 +10,8 @@
 pub mod accounting;
 pub mod ccp;
 pub mod connector;
+mod forward;
+mod handover;
 pub mod identity;
 pub mod metrics;
 pub mod peers;

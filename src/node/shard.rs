@@ -1,21 +1,15 @@
-//! One shard: its own links (by peer), pending-request deadlines, routing view and metrics.
-//! Everything here lives on one glommio executor thread (`Rc`, `RefCell`, no locks).
+//! One shard's runtime: its links (by peer), the deadline driver, the routing view, the
+//! peer view, metrics, and their lifecycle. Everything here lives on one glommio executor
+//! thread (`Rc`, `RefCell`, no locks). The packet path itself is in `forward` (and its
+//! cross-shard fallback in `handover`).
 //!
 //! Tasks per shard: the accept loop, one dial loop per peer with a `url` (the peer's home
 //! shard dials it; the other shards too only if the peer's auth answer offers more links, or
 //! `links: N` says so — a peer that keeps one socket per account, like the JS reference,
-//! would evict all but one), one task per link, a pool of packet workers (grown when
-//! every worker is busy, shrunk when many are idle: no task is spawned per packet), the
-//! deadline driver, the peer watcher (runtime add/remove), the accounts task (journal writes,
-//! lease returns; only when a peer has `balance`) and one receiver per other shard for
-//! packets handed over.
-//!
-//! A packet goes out on a link of this shard when there is one; only when the next hop has no
-//! link here (a peer that dialled in and landed on another shard) is the encoded frame handed
-//! to a shard that has one, and that shard sends the answer back through a oneshot channel.
-//! No link anywhere → T01 at once. More than `maxInFlightPerShard` Prepares at once → T03;
-//! more than `maxInFlightPerPeer` from one peer → T05 (that peer only); a Prepare routed back
-//! to the peer it came from → F02.
+//! would evict all but one), one task per link (which also runs the packets it reads), the
+//! pooled workers of `forward` for packets that must wait, the deadline driver, the peer
+//! watcher (runtime add/remove), the accounts task (journal writes, lease returns; only when
+//! a peer has `balance`) and one receiver per other shard for packets handed over.
 //!
 //! Stopping ([`Shard::run`]): new Prepares are answered T03 at once; in-flight ones get until
 //! `drainTimeoutMs`; then every request still pending on this shard's links is failed (so its
@@ -24,53 +18,31 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
+use slab::Slab;
 
 use super::accounting::ShardAccounts;
 use super::connector::NodeShared;
+use super::forward::{Relayed, Workers};
+use super::handover::Handoff;
 use super::metrics::ShardMetrics;
 use super::peers::PeerEntry;
-use super::rules::{self, Decision, Refusal, Timing};
 use crate::btp::auth::Credential;
 use crate::btp::client::{dial_with_ca, parse_url};
 use crate::btp::deadlines::Deadlines;
-use crate::btp::link::{self, Link, LinkConfig};
+use crate::btp::link::{self, AnswerSink, Link, LinkConfig};
 use crate::btp::server::accept_peer;
 use crate::btp::throttle::AuthThrottle;
-use crate::btp::{IncomingHandler, LinkError};
-use crate::codec::btp::{self as btpc, BtpBody, ProtocolData, CONTENT_OCTET_STREAM};
-use crate::codec::ilp::rewrite_prepare;
-use crate::codec::{BtpPacket, ErrorCode, Packet, Prepare, Timestamp};
+use crate::btp::LinkError;
 use crate::config::Relation;
 use crate::http::client::HttpPeerClient;
 use crate::routing::RoutingView;
-
-/// BTP entry that carries the correlation id from hop to hop (secondary, so peers that do
-/// not know it ignore it).
-const CORRELATION_ENTRY: &[u8] = b"correlationId";
-
-/// A packet handed to the shard that holds a link to its next hop.
-pub struct Handoff {
-    next_hop: Arc<str>,
-    /// The BTP MESSAGE, ready to send (its request id is set by the link).
-    frame: BytesMut,
-    /// Already bounded by the send timeout (see `process`).
-    deadline: Instant,
-    amount: u64,
-    reply: oneshot::Sender<Result<BtpPacket, LinkError>>,
-}
-
-/// The shard's ends of the node's channel mesh (absent with one shard).
-pub type Mesh = (Senders<Handoff>, Receivers<Handoff>);
 
 /// Keep-alive connections each shard keeps at most to one ILP-over-HTTP peer (HTTP/1.1 does
 /// not pipeline, so this bounds the requests in flight to it per shard; more → T02).
@@ -78,21 +50,6 @@ const HTTP_CONNECTIONS_PER_PEER: usize = 64;
 
 /// The window of `maxAuthFailuresPerIp`.
 const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
-
-/// Idle workers beyond this many end (the pool shrinks back after a burst).
-const MAX_IDLE_WORKERS: usize = 256;
-
-/// A MESSAGE to answer, the link it came on and its peer's in-flight count on this shard.
-type Job = (Link, BtpPacket, Rc<Cell<usize>>);
-
-/// The shard's packet workers: jobs in an unbounded local queue, `idle` workers waiting on
-/// it, `queued` jobs not yet taken (a worker is spawned when jobs outnumber idle workers).
-struct Workers {
-    tx: LocalSender<Job>,
-    rx: LocalReceiver<Job>,
-    idle: Cell<usize>,
-    queued: Cell<usize>,
-}
 
 /// A live link and the peer entry it was counted on.
 struct PeerLink {
@@ -102,31 +59,36 @@ struct PeerLink {
 
 /// What the shard knows about the peer set, rebuilt when its generation changes.
 #[derive(Default)]
-struct PeerView {
+pub(super) struct PeerView {
     generation: Option<u64>,
     /// Tokens of peers that dial us.
     creds: Rc<Vec<Credential>>,
     /// Ids of peers with relation `child` (ILDCP is served only to them), looked up per packet.
-    children: ahash::AHashSet<String>,
+    pub(super) children: ahash::AHashSet<String>,
     /// Peers this shard runs a dial loop for.
     dialing: Vec<Arc<PeerEntry>>,
     /// Tokens of every peer, for ILP-over-HTTP requests (the token names the peer).
     http_creds: Rc<Vec<Credential>>,
     /// This shard's client for each ILP-over-HTTP peer.
-    http: HashMap<String, Rc<HttpPeerClient>>,
+    pub(super) http: HashMap<String, Rc<HttpPeerClient>>,
 }
 
 pub struct Shard {
     pub index: usize,
-    node: Arc<NodeShared>,
-    routing: RefCell<RoutingView>,
+    /// This shard, as the sink of its relayed Prepares' answers.
+    me: Weak<Shard>,
+    pub(super) node: Arc<NodeShared>,
+    pub(super) routing: RefCell<RoutingView>,
     links: RefCell<HashMap<String, Vec<PeerLink>>>,
-    peers: RefCell<PeerView>,
+    pub(super) peers: RefCell<PeerView>,
     deadlines: Rc<Deadlines>,
-    metrics: Arc<ShardMetrics>,
+    pub(super) metrics: Arc<ShardMetrics>,
     link_cfg: LinkConfig,
-    handoff: Option<Senders<Handoff>>,
-    workers: Workers,
+    pub(super) handoff: Option<Senders<Handoff>>,
+    /// Prepares that must wait for their answer (see `forward`).
+    pub(super) workers: Workers,
+    /// Prepares relayed on a link of this shard, awaiting their answer (see `forward`).
+    pub(super) relayed: RefCell<Slab<Relayed>>,
     /// Prepares in flight per source peer on this shard (shared by the peer's links).
     peer_load: RefCell<HashMap<String, Rc<Cell<usize>>>>,
     /// Accepted connections not yet authenticated.
@@ -134,7 +96,7 @@ pub struct Shard {
     /// Failed logins per remote address.
     auth_throttle: RefCell<AuthThrottle>,
     /// Amounts, limits and balances (see `accounting`).
-    accounts: Rc<ShardAccounts>,
+    pub(super) accounts: Rc<ShardAccounts>,
 }
 
 impl Shard {
@@ -158,8 +120,9 @@ impl Shard {
             max_queued_bytes: 16 << 20,
             counters: node.link_counters.clone(),
         };
-        let shard = Rc::new(Shard {
+        let shard = Rc::new_cyclic(|me| Shard {
             index,
+            me: me.clone(),
             routing: RefCell::new(node.routing.view()),
             links: RefCell::new(HashMap::new()),
             peers: RefCell::new(PeerView::default()),
@@ -167,15 +130,8 @@ impl Shard {
             metrics: node.metrics[index].clone(),
             link_cfg,
             handoff,
-            workers: {
-                let (tx, rx) = local_channel::new_unbounded();
-                Workers {
-                    tx,
-                    rx,
-                    idle: Cell::new(0),
-                    queued: Cell::new(0),
-                }
-            },
+            workers: Workers::new(),
+            relayed: RefCell::new(Slab::new()),
             accounts: Rc::new(ShardAccounts::new(node.clone(), index)),
             node,
             peer_load: RefCell::new(HashMap::new()),
@@ -275,7 +231,7 @@ impl Shard {
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.node.stopping.load(Ordering::Relaxed)
     }
 
@@ -286,49 +242,6 @@ impl Shard {
     }
 
     /// Every incoming MESSAGE becomes a job for the shard's workers; a worker is added only
-    /// when none is free, so in steady state no task is spawned per packet.
-    fn handler(self: &Rc<Self>, peer: &str) -> IncomingHandler {
-        let shard = self.clone();
-        let load = self
-            .peer_load
-            .borrow_mut()
-            .entry(peer.to_owned())
-            .or_default()
-            .clone();
-        Rc::new(move |link: Link, packet: BtpPacket| {
-            let w = &shard.workers;
-            // The queue is unbounded, but each link stops reading while too many of its
-            // MESSAGEs are unanswered, so it is bounded by links × that. Fails only once the
-            // shard is gone.
-            if w.tx.try_send((link, packet, load.clone())).is_err() {
-                return;
-            }
-            w.queued.set(w.queued.get() + 1);
-            if w.queued.get() > w.idle.get() {
-                w.idle.set(w.idle.get() + 1);
-                glommio::spawn_local(shard.clone().worker()).detach();
-            }
-        })
-    }
-
-    /// Takes jobs until there are more than enough idle workers.
-    async fn worker(self: Rc<Self>) {
-        while let Some((link, packet, load)) = self.workers.rx.recv().await {
-            let w = &self.workers;
-            w.queued.set(w.queued.get().saturating_sub(1));
-            w.idle.set(w.idle.get().saturating_sub(1));
-            let reply = self.handle_message(&link, &packet, &load).await;
-            let _ = link.send(reply);
-            drop((link, packet, load));
-            let w = &self.workers;
-            if w.idle.get() >= MAX_IDLE_WORKERS {
-                return;
-            }
-            w.idle.set(w.idle.get() + 1);
-        }
-    }
-
-    /// Runs the shard until the node stops: serve, dial, then drain and close.
     pub async fn run(
         self: Rc<Self>,
         listener: TcpListener,
@@ -365,17 +278,8 @@ impl Shard {
         if let Some(parent) = self.node.identity.parent() {
             glommio::spawn_local(self.clone().ask_parent(parent.to_owned())).detach();
         }
-        if let Some(mut receivers) = handed {
-            for (_, rx) in receivers.streams() {
-                let me = self.clone();
-                glommio::spawn_local(async move {
-                    while let Some(h) = rx.recv().await {
-                        let me = me.clone();
-                        glommio::spawn_local(async move { me.send_handed(h).await }).detach();
-                    }
-                })
-                .detach();
-            }
+        if let Some(receivers) = handed {
+            self.serve_handed(receivers);
         }
         let accounts = glommio::spawn_local(self.accounts.clone().run());
         let (me, stop) = (self.clone(), self.clone());
@@ -672,7 +576,7 @@ impl Shard {
         }
     }
 
-    fn pick_link(&self, peer: &str) -> Option<Link> {
+    pub(super) fn pick_link(&self, peer: &str) -> Option<Link> {
         let links = self.links.borrow();
         links
             .get(peer)?
@@ -683,398 +587,18 @@ impl Shard {
             .cloned()
     }
 
-    /// Sends a packet another shard handed over on a link of this shard; the answer (or the
-    /// failure) goes back through the oneshot channel.
-    async fn send_handed(&self, h: Handoff) {
-        let result = match self.pick_link(&h.next_hop) {
-            Some(link) => link.request_until(h.frame, h.deadline, h.amount).await,
-            None => Err(LinkError::LinkLost),
-        };
-        let _ = h.reply.send(result);
-    }
-
-    /// Sends `frame` on a link of `shard` and waits for the answer.
-    async fn hand_over(
-        &self,
-        shard: usize,
-        next_hop: Arc<str>,
-        frame: BytesMut,
-        deadline: Instant,
-        amount: u64,
-    ) -> Result<BtpPacket, LinkError> {
-        let Some(senders) = &self.handoff else {
-            return Err(LinkError::LinkLost);
-        };
-        let (reply, answer) = oneshot::channel();
-        let h = Handoff {
-            next_hop,
-            frame,
-            deadline,
-            amount,
-            reply,
-        };
-        // Both waits bounded: a shard that is gone or stuck must not hold the packet.
-        let left = deadline.saturating_duration_since(Instant::now());
-        match crate::btp::within(left, senders.send_to(shard, h)).await {
-            Some(Ok(())) => {}
-            Some(Err(_)) => return Err(LinkError::LinkLost),
-            None => return Err(LinkError::Timeout),
-        }
-        self.metrics.handed_over();
-        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-        match crate::btp::within(left, answer).await {
-            Some(r) => r.unwrap_or(Err(LinkError::LinkLost)),
-            None => Err(LinkError::Timeout),
-        }
-    }
-
-    /// Answers one MESSAGE: returns the RESPONSE frame to send.
-    async fn handle_message(
-        &self,
-        link: &Link,
-        packet: &BtpPacket,
-        peer_load: &Cell<usize>,
-    ) -> Bytes {
-        let source = link.peer_id();
-        let Some(ilp) = packet.ilp() else {
-            let mut out = BytesMut::with_capacity(16);
-            btpc::encode(&mut out, packet.request_id(), BtpBody::Response, &[]);
-            return out.freeze();
-        };
-        let cid = packet.entry(CORRELATION_ENTRY).map(|e| {
-            let mut c = [b'0'; 16];
-            let n = e.data.len().min(16);
-            c[..n].copy_from_slice(&e.data[..n]);
-            c
-        });
-        let answer = self.answer_ilp(source, ilp, cid, peer_load).await;
-        let mut out = link.frame_buf(answer.len() + 32);
-        btpc::encode_ilp(
-            &mut out,
-            btpc::BtpType::Response,
-            packet.request_id(),
-            &answer,
-        );
-        out.freeze()
-    }
-
-    /// Answers one ILP packet from `source`, whatever carried it (a BTP MESSAGE or an HTTP
-    /// POST): admission, forwarding, metrics. `cid`: the correlation id it came with.
-    async fn answer_ilp(
-        &self,
-        source: &str,
-        ilp: Bytes,
-        cid: Option<[u8; 16]>,
-        peer_load: &Cell<usize>,
-    ) -> Bytes {
-        let started = Instant::now();
-        self.metrics.packet_started();
-        let cid = cid.or_else(|| {
-            tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(&ilp))
-        });
-        let cfg = &self.node.config;
-        let answer = if self.stopping() {
-            self.refuse(Refusal::new(
-                ErrorCode::T03_CONNECTOR_BUSY,
-                "connector is shutting down",
-            ))
-        } else if self.node.identity.get().is_none() {
-            self.refuse(Refusal::new(
-                ErrorCode::T01_PEER_UNREACHABLE,
-                "connector is starting: its address is not known yet (asking the parent)",
-            ))
-        } else if self.metrics.in_flight() > cfg.max_in_flight_per_shard as i64 {
-            self.refuse(Refusal::new(
-                ErrorCode::T03_CONNECTOR_BUSY,
-                "too many packets in flight on this shard",
-            ))
-        } else if peer_load.get() >= cfg.max_in_flight_per_peer {
-            self.refuse(Refusal::new(
-                ErrorCode::T05_RATE_LIMITED,
-                "too many of your packets in flight",
-            ))
-        } else {
-            peer_load.set(peer_load.get() + 1);
-            let a = self.process(source, ilp, cid.as_ref(), started).await;
-            peer_load.set(peer_load.get().saturating_sub(1));
-            a
-        };
-        let latency_us = started.elapsed().as_micros() as u64;
-        if answer.ccp {
-            self.metrics.ccp_message_done();
-        } else {
-            self.metrics.packet_done(answer.reject, latency_us);
-            if let Some(code) = answer.reject {
-                self.accounts.count_reject(source, code);
-            }
-        }
-        if let Some(c) = &cid {
-            tracing::debug!(nodeId = %self.node.config.node_id, component = "handler", event = "packet_response",
-                correlationId = %std::str::from_utf8(c).unwrap_or("?"), result = answer.reject.as_ref().map_or("fulfilled", ErrorCode::as_str),
-                latency_us);
-        }
-        answer.ilp
-    }
-
-    /// An ILP-over-HTTP request from `peer` (see `crate::http::server`).
-    async fn answer_http(&self, peer: String, body: Bytes) -> Bytes {
-        let load = self
-            .peer_load
+    /// Prepares in flight from `peer` on this shard (shared by its links and HTTP requests).
+    pub(super) fn peer_load(&self, peer: &str) -> Rc<Cell<usize>> {
+        self.peer_load
             .borrow_mut()
-            .entry(peer.clone())
+            .entry(peer.to_owned())
             .or_default()
-            .clone();
-        self.answer_ilp(&peer, body, None, &load).await
+            .clone()
     }
 
-    fn refuse(&self, r: Refusal) -> Answer {
-        Answer {
-            ilp: r.encode(self.node.identity.triggered_by()),
-            reject: Some(r.code),
-            ccp: false,
-        }
-    }
-
-    /// The ILP answer (Fulfill or Reject) for one incoming ILP packet received at `started`.
-    async fn process(
-        &self,
-        source: &str,
-        ilp: Bytes,
-        cid: Option<&[u8; 16]>,
-        started: Instant,
-    ) -> Answer {
-        let node = &self.node;
-        let prepare = match Prepare::decode(ilp) {
-            Ok(p) => p,
-            Err(e) => {
-                return self.refuse(Refusal::new(
-                    ErrorCode::F01_INVALID_PACKET,
-                    format!("invalid ILP Prepare: {e}"),
-                ))
-            }
-        };
-        // Borrowed, not copied: a propagated id must cost nothing when DEBUG logs are off.
-        let cid_str = cid.map(|c| std::str::from_utf8(c).unwrap_or("?"));
-        if let Some(c) = &cid_str {
-            tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_received",
-                correlationId = %c, from = %source, destination = %prepare.destination_str(), amount = prepare.amount());
-        }
-        let now = Timestamp::now();
-        let timing = Timing {
-            margin_ms: node.config.expiry_margin_ms as i64,
-            max_hold_ms: node.config.max_hold_time_ms as i64,
-            send_timeout_ms: node.config.send_timeout_ms as i64,
-        };
-        let source_is_child = self.peers.borrow().children.contains(source);
-        let decision = {
-            let mut view = self.routing.borrow_mut();
-            rules::decide(&prepare, now, timing, source_is_child, |d| {
-                view.lookup(d).map(|r| r.next_hop_arc().clone())
-            })
-        };
-        let (next_hop, expires_at) = match decision {
-            Decision::Refuse(r) => return self.refuse(r),
-            Decision::Ccp => {
-                return match super::ccp::answer(node, source, &prepare) {
-                    Ok(ilp) => Answer {
-                        ilp,
-                        reject: None,
-                        ccp: true,
-                    },
-                    Err(r) => Answer {
-                        ccp: true,
-                        ..self.refuse(r)
-                    },
-                }
-            }
-            Decision::Ildcp => {
-                // Known: `handle_message` answers nothing else until it is.
-                let Some(own) = node.identity.get() else {
-                    return self.refuse(Refusal::new(
-                        ErrorCode::T01_PEER_UNREACHABLE,
-                        "our address is not known yet",
-                    ));
-                };
-                let p = node.peers.get(source);
-                let p = p.as_ref().map(|p| &p.config);
-                return Answer {
-                    ilp: rules::ildcp_fulfill(
-                        &format!("{}.{source}", own.address),
-                        p.and_then(|p| p.asset_scale).unwrap_or(own.asset_scale),
-                        p.and_then(|p| p.asset_code.as_deref())
-                            .unwrap_or(&own.asset_code),
-                    ),
-                    reject: None,
-                    ccp: false,
-                };
-            }
-            Decision::Forward {
-                next_hop,
-                expires_at,
-            } => (next_hop, expires_at),
-        };
-        if let Some(c) = &cid_str {
-            tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "route_lookup", correlationId = %c, next_hop = %next_hop);
-        }
-        if *next_hop == *source {
-            return self.refuse(Refusal::new(
-                ErrorCode::F02_UNREACHABLE,
-                "route loops back to the sender",
-            ));
-        }
-        // Amount checks, conversion and both balance reservations, before anything goes out;
-        // released when `reserved` is dropped on any path below unless committed.
-        let reserved = match self.accounts.reserve(source, &next_hop, prepare.amount()) {
-            Ok(r) => r,
-            Err(r) => return self.refuse(r),
-        };
-        let out_amount = reserved.out_amount;
-        // A link on this shard, else the shard that has one, else T01 now.
-        // Until the outgoing expiry (already capped by the send timeout) and a short grace
-        // for a Fulfill still on the wire: we never give up on a Prepare that can still be
-        // fulfilled.
-        let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) + timing.grace_ms();
-        let deadline = started + Duration::from_millis(wait_ms as u64);
-        // An ILP-over-HTTP peer: POST the patched Prepare.
-        let http = self.peers.borrow().http.get(&*next_hop).cloned();
-        if let Some(client) = http {
-            let mut body = BytesMut::from(&prepare.as_bytes()[..]);
-            if rewrite_prepare(&mut body, out_amount, expires_at).is_err() {
-                return self.refuse(Refusal::new(
-                    ErrorCode::T00_INTERNAL_ERROR,
-                    "cannot rewrite Prepare",
-                ));
-            }
-            let result = client.send(body.freeze(), deadline).await.map(Some);
-            return self
-                .answer_from_next_hop(result, &prepare, reserved, expires_at)
-                .await;
-        }
-        let via = match self.pick_link(&next_hop) {
-            Some(link) => Ok(link),
-            None => match node.peers.shard_with_link(&next_hop, self.index) {
-                Some(shard) if self.handoff.is_some() => Err(shard),
-                _ => {
-                    return self.refuse(Refusal::new(
-                        ErrorCode::T01_PEER_UNREACHABLE,
-                        format!("no live link to next hop {next_hop}"),
-                    ))
-                }
-            },
-        };
-        // The Prepare goes last in the frame, so it is patched in place there (no copy).
-        let prepare_bytes = prepare.as_bytes();
-        let frame_len = prepare_bytes.len() + 64;
-        let mut frame = match &via {
-            Ok(link) => link.frame_buf(frame_len),
-            Err(_) => BytesMut::with_capacity(frame_len),
-        };
-        let ilp_entry = ProtocolData {
-            name: b"ilp",
-            content_type: CONTENT_OCTET_STREAM,
-            data: prepare_bytes,
-        };
-        match cid {
-            Some(c) => btpc::encode(
-                &mut frame,
-                0,
-                BtpBody::Message,
-                &[
-                    ProtocolData {
-                        name: CORRELATION_ENTRY,
-                        content_type: btpc::CONTENT_TEXT_UTF8,
-                        data: c,
-                    },
-                    ilp_entry,
-                ],
-            ),
-            None => btpc::encode(&mut frame, 0, BtpBody::Message, &[ilp_entry]),
-        }
-        let at = frame.len() - prepare_bytes.len();
-        if rewrite_prepare(&mut frame[at..], out_amount, expires_at).is_err() {
-            return self.refuse(Refusal::new(
-                ErrorCode::T00_INTERNAL_ERROR,
-                "cannot rewrite Prepare",
-            ));
-        }
-        if let Some(c) = &cid_str {
-            tracing::debug!(nodeId = %node.config.node_id, component = "handler", event = "packet_forwarded", correlationId = %c, next_hop = %next_hop, expires_at = %expires_at);
-        }
-        let result = match via {
-            Ok(link) => link.request_until(frame, deadline, out_amount).await,
-            Err(shard) => {
-                self.hand_over(shard, next_hop, frame, deadline, out_amount)
-                    .await
-            }
-        };
-        let result = result.map(|resp| resp.ilp());
-        self.answer_from_next_hop(result, &prepare, reserved, expires_at)
-            .await
-    }
-
-    /// The answer upstream from what the next hop said (its ILP answer, if any) or why it
-    /// said nothing: a valid Fulfill commits the reservation (and waits for the journal in
-    /// strict mode), a Reject passes through, the rest maps to our Reject.
-    async fn answer_from_next_hop(
-        &self,
-        result: Result<Option<Bytes>, LinkError>,
-        prepare: &Prepare,
-        reserved: super::accounting::Reserved<'_>,
-        expires_at: Timestamp,
-    ) -> Answer {
-        match result {
-            Ok(ilp) => match ilp.map(Packet::decode) {
-                Some(Ok(Packet::Fulfill(f))) => {
-                    match rules::check_fulfill(prepare.execution_condition(), &f) {
-                        Ok(()) => {
-                            if let Some(seq) = reserved.commit() {
-                                self.until_durable(seq, prepare.expires_at()).await;
-                            }
-                            Answer {
-                                ilp: f.into_bytes(),
-                                reject: None,
-                                ccp: false,
-                            }
-                        }
-                        Err(r) => self.refuse(r),
-                    }
-                }
-                Some(Ok(Packet::Reject(r))) => Answer {
-                    reject: Some(r.code()),
-                    ilp: r.into_bytes(),
-                    ccp: false,
-                },
-                _ => self.refuse(Refusal::new(
-                    ErrorCode::T00_INTERNAL_ERROR,
-                    "next hop answered without a valid Fulfill or Reject",
-                )),
-            },
-            Err(e) => self.refuse(rules::reject_for_link_error(
-                &e,
-                Timestamp::now(),
-                expires_at,
-            )),
-        }
-    }
-}
-
-impl Shard {
-    /// Strict durability: holds a Fulfill until its balance change is on disk, at most
-    /// until the incoming Prepare expires (then it goes anyway, logged: the next hop has
-    /// been paid, so withholding the Fulfill would only lose the money).
-    async fn until_durable(&self, seq: u64, expires: Timestamp) {
-        if !self.accounts.strict() {
-            return;
-        }
-        let left = (expires.unix_millis() - Timestamp::now().unix_millis()).max(0) as u64;
-        if !self
-            .accounts
-            .durable(seq, Duration::from_millis(left))
-            .await
-        {
-            tracing::error!(nodeId = %self.node.config.node_id, component = "accounts", event = "journal_too_slow",
-                "a Fulfill went upstream before its balance change was durable");
-        }
+    /// Where relayed Prepares' answers go (see `forward`).
+    pub(super) fn sink(&self) -> Weak<dyn AnswerSink> {
+        self.me.clone()
     }
 }
 
@@ -1083,12 +607,4 @@ async fn wait_until(bound: Instant, done: impl Fn() -> bool) {
     while !done() && Instant::now() < bound {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// What a Prepare is answered with: the ILP Fulfill or Reject, and the Reject's code.
-struct Answer {
-    ilp: Bytes,
-    reject: Option<ErrorCode>,
-    /// A route protocol message (counted apart from forwarded packets).
-    ccp: bool,
 }

@@ -44,7 +44,7 @@ struct Counts {
 }
 
 fn handler(address: Rc<RefCell<Vec<u8>>>, counts: Rc<Counts>) -> IncomingHandler {
-    Rc::new(move |link: Link, packet: crate::codec::BtpPacket| {
+    Rc::new(move |link: &Link, packet: crate::codec::BtpPacket| {
         let Some(Ok(prepare)) = packet.ilp().map(Prepare::decode) else {
             return;
         };
@@ -59,7 +59,7 @@ fn handler(address: Rc<RefCell<Vec<u8>>>, counts: Rc<Counts>) -> IncomingHandler
         tracing::debug!(component = "receive", event = "packet", destination = %prepare.destination_str(),
             amount = prepare.amount(), fulfilled);
         respond_after(
-            link,
+            link.clone(),
             packet.request_id(),
             &ilp,
             hooks.delay.unwrap_or_default(),
