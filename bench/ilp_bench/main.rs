@@ -11,6 +11,7 @@
 //!   shard with, or without, the next hop's link (see `handover.rs`).
 //! - `ilp-bench rates`: the glommio relay, an epoll relay, our 1 hop (and the JS connector) at
 //!   fixed offered rates (open loop) and at saturation (see `rates.rs`).
+//! - `ilp-bench compare`: the regression guard, two `rates` JSON files (see `guard.rs`).
 //! - `ilp-bench soak`: A → B → C with B killed and restarted again and again and a stalling
 //!   fulfiller; every Prepare must get exactly one answer (see `soak.rs`).
 //!
@@ -18,6 +19,7 @@
 //! phase; peak RSS from `VmHWM`.
 
 mod ccp;
+mod guard;
 mod handover;
 mod http;
 mod load;
@@ -206,6 +208,17 @@ enum Cmd {
         #[arg(long, default_value = "target/ilp-bench-rates.json")]
         json: PathBuf,
     },
+    /// The regression guard: compares two `rates` JSON files, each target relative to the
+    /// relay of its own run; exit status 1 when a guarded ratio got worse than `tolerance`.
+    Compare {
+        /// e.g. bench/baseline-rates.json (the last recorded run)
+        baseline: PathBuf,
+        /// e.g. target/ilp-bench-rates.json (what `rates` just wrote)
+        current: PathBuf,
+        /// Allowed worsening of a ratio (0.15 = 15 %): the run-to-run spread here is ~10 %.
+        #[arg(long, default_value_t = 0.15)]
+        tolerance: f64,
+    },
     /// 1 hop with accounting off, relaxed and strict (every packet reserved, committed and
     /// journaled), interleaved in one run, per shard count and concurrency.
     Accounting {
@@ -283,7 +296,7 @@ enum Cmd {
 }
 
 /// One row of results.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Row {
     scenario: String,
     hops: u32,
@@ -437,6 +450,15 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Cmd::Compare {
+            baseline,
+            current,
+            tolerance,
+        } => match guard::run(&baseline, &current, tolerance) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Cmd::Ccp { connector, routes } => {
             connector_bin(connector).and_then(|bin| ccp::run(&bin, routes))
         }

@@ -1,5 +1,6 @@
 //! `ilp-bench rates`: the open-loop table. Each target runs at fixed offered rates (latency
-//! from each Prepare's scheduled send time) and at saturation (closed loop, concurrency 64):
+//! from each Prepare's scheduled send time), then closed loop at concurrency 1 (latency) and
+//! 64 (saturation):
 //! - `relay`: the byte relay on glommio (io_uring), as the connector runs;
 //! - `relay-epoll`: the same relay on a current-thread tokio runtime (epoll);
 //! - `1-hop`: our connector (one shard) between the sender and the fulfiller;
@@ -109,7 +110,8 @@ fn js(f: &Fulfiller) -> Result<Target, String> {
     })
 }
 
-/// Runs every target at every rate, then at saturation (c=64); rows in that order.
+/// Runs every target at every rate, then closed loop at c=1 and at saturation (c=64); rows
+/// in that order.
 pub fn run(
     bin: &Path,
     timing: &Timing,
@@ -131,25 +133,26 @@ pub fn run(
             other => return Err(format!("unknown target {other}")),
         };
         let pids: Vec<u32> = target.procs.iter().map(|p| p.0.id()).collect();
+        // Open loop at each rate, then closed loop at c=1 (latency) and c=64 (saturation).
         let loads = rates
             .iter()
             .filter(|r| **r <= target.max_rate)
-            .map(|r| Some(*r))
-            .chain([None]);
-        for rate in loads {
+            .map(|r| (Some(*r), 64))
+            .chain([(None, 1), (None, 64)]);
+        for (rate, concurrency) in loads {
             let mut spec = timing.load(
                 target.url.clone(),
                 "sender".into(),
                 "bench-token".into(),
                 target.destination.clone(),
-                64,
+                concurrency,
                 1,
             );
             spec.rate = rate;
             eprintln!(
                 "{}: {}",
                 target.label,
-                rate.map_or("saturation (c=64)".into(), |r| format!("{r:.0}/s"))
+                rate.map_or(format!("closed loop c={concurrency}"), |r| format!("{r:.0}/s"))
             );
             rows.push(measure(
                 target.label,

@@ -35,9 +35,12 @@
 //! buffer goes back to the link's spare list ([`Link::frame_buf`]). In steady state, frames
 //! cost no allocation.
 //!
-//! A pending request is a slot in the link's map (no channel is allocated per request): the
-//! answer is stored in the slot and the waiting task woken; the waiter removes the slot.
-//! Request ids are ours alone: the peer's MESSAGE ids are only echoed.
+//! A pending request is a slot in the link's map (no channel is allocated per request). Either
+//! a task awaits it ([`Link::request_until`]: the answer is stored in the slot and the task
+//! woken; the waiter removes the slot), or nobody does ([`Link::relay`]: the slot names an
+//! [`AnswerSink`] and a key, and whichever task resolves it, by answer, deadline or link
+//! failure, removes it and calls the sink, exactly once). Request ids are ours alone: the
+//! peer's MESSAGE ids are only echoed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

@@ -18,6 +18,16 @@ const BUCKETS_US: [u64; 14] = [
     10_000_000,
 ];
 
+/// Adds to a counter this shard alone writes: a relaxed load and store, not a locked
+/// read-modify-write (readers on other threads see either value).
+fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+fn add_i(c: &AtomicI64, n: i64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 #[derive(Default)]
 pub struct ShardMetrics {
     fulfilled: AtomicU64,
@@ -32,28 +42,28 @@ pub struct ShardMetrics {
 
 impl ShardMetrics {
     pub fn packet_started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+        add_i(&self.in_flight, 1);
     }
 
     /// A Prepare got its answer: fulfilled, or rejected with `code`.
     pub fn packet_done(&self, reject: Option<ErrorCode>, latency_us: u64) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        add_i(&self.in_flight, -1);
         match reject {
-            None => self.fulfilled.fetch_add(1, Relaxed),
-            Some(code) => self.rejected[code.slot()].fetch_add(1, Relaxed),
+            None => add(&self.fulfilled, 1),
+            Some(code) => add(&self.rejected[code.slot()], 1),
         };
         let b = BUCKETS_US
             .iter()
             .position(|&le| latency_us <= le)
             .unwrap_or(BUCKETS_US.len());
-        self.latency[b].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(latency_us, Relaxed);
+        add(&self.latency[b], 1);
+        add(&self.latency_sum_us, latency_us);
     }
 
     /// A route protocol message got its answer (not counted as a forwarded packet).
     pub fn ccp_message_done(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
-        self.ccp_messages.fetch_add(1, Relaxed);
+        add_i(&self.in_flight, -1);
+        add(&self.ccp_messages, 1);
     }
 
     /// A packet went out through another shard's link.
