@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use ilp_connector::btp::auth::Credential;
 use ilp_connector::btp::client::{dial, parse_url};
 use ilp_connector::btp::deadlines::Deadlines;
-use ilp_connector::btp::link::{self, Link, LinkConfig};
+use ilp_connector::btp::link::{self, AnswerSink, Link, LinkConfig};
 use ilp_connector::btp::server::{accept_peer, admit_all};
 use ilp_connector::btp::{IncomingHandler, LinkError};
 use ilp_connector::codec::btp::{self, BtpType};
@@ -298,5 +298,85 @@ fn link_loss_fails_every_pending_request_at_once() {
         }
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         assert!(!s.link.is_open());
+    });
+}
+
+/// Records what a relayed request's sink is told, by key.
+#[derive(Default)]
+struct Recorder(std::cell::RefCell<Vec<(usize, Result<(), LinkError>)>>);
+
+impl AnswerSink for Recorder {
+    fn answered(&self, key: usize, result: Result<BtpPacket, LinkError>) {
+        self.0.borrow_mut().push((key, result.map(drop)));
+    }
+}
+
+/// A MESSAGE carrying a Prepare whose data is `data` (the slow server's instruction).
+fn message(data: &[u8]) -> BytesMut {
+    let mut ilp = BytesMut::new();
+    PrepareFields {
+        amount: 1,
+        expires_at: Timestamp::now().add_millis(30_000),
+        execution_condition: &[0; 32],
+        destination: b"test.x",
+        data,
+    }
+    .encode(&mut ilp);
+    let mut frame = BytesMut::new();
+    btp::encode_ilp(&mut frame, BtpType::Message, 0, &ilp);
+    frame
+}
+
+/// `Link::relay`: nobody waits, and the sink hears exactly once per request, from whichever
+/// way it ends: the answer, the deadline, or the link's loss. A refused relay is not reported.
+#[test]
+fn relayed_requests_reach_the_sink_exactly_once() {
+    run_local(|| async {
+        let port = spawn_slow_server();
+        let s = SenderLink::connect(&format!("ws://127.0.0.1:{port}"), "client", "tok")
+            .await
+            .unwrap();
+        let rec = Rc::new(Recorder::default());
+        let sink: Rc<dyn AnswerSink> = rec.clone();
+        let soon = Instant::now() + Duration::from_millis(100);
+        let later = Instant::now() + Duration::from_secs(30);
+        let relay = |data: &[u8], at: Instant, key: usize| {
+            s.link
+                .relay(message(data), at, 1, Rc::downgrade(&sink), key)
+                .unwrap();
+        };
+        relay(&20u64.to_be_bytes(), later, 1); // answered after 20 ms
+        relay(&0u64.to_be_bytes(), soon, 2); // never answered: its deadline
+        relay(&300u64.to_be_bytes(), soon, 3); // answered after its deadline
+        relay(&0u64.to_be_bytes(), later, 4); // never answered: the link goes
+        let until = Instant::now() + Duration::from_secs(3);
+        while rec.0.borrow().len() < 3 {
+            assert!(Instant::now() < until, "{:?}", rec.0.borrow());
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        // Key 3's late answer arrives at ~300 ms; it must not be reported again.
+        glommio::timer::sleep(Duration::from_millis(400)).await;
+        let _ = s.send("test.x", 1, 30_000, b"close").await;
+        while rec.0.borrow().len() < 4 {
+            assert!(Instant::now() < until, "{:?}", rec.0.borrow());
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            s.link
+                .relay(message(b"x"), later, 1, Rc::downgrade(&sink), 5),
+            Err(LinkError::LinkLost)
+        );
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let mut seen = rec.0.borrow().clone();
+        seen.sort_by_key(|(k, _)| *k);
+        assert_eq!(
+            seen,
+            vec![
+                (1, Ok(())),
+                (2, Err(LinkError::Timeout)),
+                (3, Err(LinkError::Timeout)),
+                (4, Err(LinkError::LinkLost)),
+            ]
+        );
     });
 }

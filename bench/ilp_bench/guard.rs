@@ -17,8 +17,8 @@ fn load_of(r: &Row) -> String {
 }
 
 fn read(path: &Path) -> Result<Vec<Row>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: not ilp-bench JSON: {e}", path.display()))
 }
 
@@ -36,7 +36,10 @@ fn guarded(rows: &[Row], r: &Row) -> Vec<(&'static str, f64)> {
         out.push(("cpu/relay", a / b));
     }
     if r.offered_per_s.is_none() && r.concurrency > 1 {
-        out.push(("relay/throughput", relay.throughput_per_s / r.throughput_per_s));
+        out.push((
+            "relay/throughput",
+            relay.throughput_per_s / r.throughput_per_s,
+        ));
     }
     if r.offered_per_s.is_none() && r.concurrency == 1 {
         out.push(("p50/relay", r.p50_us as f64 / relay.p50_us.max(1) as f64));
@@ -87,9 +90,15 @@ pub fn run(baseline: &Path, current: &Path, tolerance: f64) -> Result<bool, Stri
     println!(
         "{}",
         if ok {
-            format!("no guarded ratio worse by more than {:.0} %", tolerance * 100.0)
+            format!(
+                "no guarded ratio worse by more than {:.0} %",
+                tolerance * 100.0
+            )
         } else {
-            format!("REGRESSION: a guarded ratio is worse by more than {:.0} %", tolerance * 100.0)
+            format!(
+                "REGRESSION: a guarded ratio is worse by more than {:.0} %",
+                tolerance * 100.0
+            )
         }
     );
     Ok(ok)

@@ -152,7 +152,9 @@ pub fn run(
             eprintln!(
                 "{}: {}",
                 target.label,
-                rate.map_or(format!("closed loop c={concurrency}"), |r| format!("{r:.0}/s"))
+                rate.map_or(format!("closed loop c={concurrency}"), |r| format!(
+                    "{r:.0}/s"
+                ))
             );
             rows.push(measure(
                 target.label,
