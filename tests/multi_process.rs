@@ -189,3 +189,59 @@ fn second_process_on_the_same_port_exits_2() {
     assert!(stderr.contains("another node"), "{stderr}");
     stop(c, "C");
 }
+
+/// Voluntary context switches of the process's `ilp-shard-*` threads so far.
+fn shard_wakeups(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("ilp-shard") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// An idle node polls nothing: with two shards and a live link, its shard threads wake a few
+/// times a second (keep-alive, the idle deadline driver), not the ~150 times a second the
+/// 20 ms watchers cost before.
+#[test]
+fn idle_shards_do_not_poll() {
+    let f = Fulfiller::start("n", "secret-r", Mode::Fulfill);
+    let path = scratch_dir().join("idle.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nshards: 2\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-r}}\n",
+            f.url()
+        ),
+    )
+    .unwrap();
+    let node = process::start(&path, &[]);
+    wait_for("the link to the receiver", || {
+        process::admin_get(node.admin_port, "/peers").is_some_and(|peers| {
+            peers.as_array().into_iter().flatten().any(|p| {
+                p["id"] == "receiver"
+                    && p["linksPerShard"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|n| n.as_u64() > Some(0)))
+            })
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = node.child.id();
+    let before = shard_wakeups(pid);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let woke = shard_wakeups(pid) - before;
+    assert!(woke <= 20, "two idle shards woke {woke} times in 2 s");
+    stop(node, "n");
+}

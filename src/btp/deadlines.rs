@@ -111,8 +111,8 @@ impl Deadlines {
         let Some(wake) = self.wake.borrow_mut().take() else {
             return;
         };
-        // Poll the stop flag at least this often while idle.
-        const IDLE: Duration = Duration::from_millis(100);
+        // Poll the stop flag at least this often while idle (an earlier deadline pokes).
+        const IDLE: Duration = Duration::from_secs(1);
         while !stop() {
             let next = self.heap.borrow().peek().map(|Reverse(e)| e.at);
             let now = Instant::now();

@@ -48,12 +48,22 @@ pub struct NodeShared {
     /// Counters every link of the node adds to (late Fulfills, write timeouts, bad frames).
     pub link_counters: Arc<LinkCounters>,
     pub stopping: AtomicBool,
+    /// Wakes the shards' watchers when the peer set changes or the node stops.
+    pub changed: super::signal::Signal,
     /// The route protocol's state, once our address is known (see `ccp`).
     pub ccp: std::sync::Mutex<Option<crate::routing::ccp::Ccp>>,
     /// Learned routes in the published table (`ilp_routes_learned`).
     pub routes_learned: std::sync::atomic::AtomicUsize,
     pub(crate) started: Instant,
     ready: AtomicBool,
+}
+
+impl NodeShared {
+    /// Tells the shards to stop (they drain, then end).
+    pub(crate) fn stop_shards(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changed.notify();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +176,7 @@ impl ConnectorNode {
             ccp: std::sync::Mutex::new(None),
             routes_learned: Default::default(),
             stopping: AtomicBool::new(false),
+            changed: super::signal::Signal::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             config,
@@ -250,7 +261,7 @@ impl ConnectorNode {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = port_tx.send(Err(e.to_string()));
-                            shared.stopping.store(true, Ordering::SeqCst);
+                            shared.stop_shards();
                             return;
                         }
                     };
@@ -280,7 +291,7 @@ impl ConnectorNode {
                                 }
                                 Err(e) => {
                                     let _ = port_tx.send(Err(format!("HTTP port {p}: {e}")));
-                                    shared.stopping.store(true, Ordering::SeqCst);
+                                    shared.stop_shards();
                                     return;
                                 }
                             }
@@ -306,7 +317,7 @@ impl ConnectorNode {
                     http_port = http_port.or(h);
                 }
                 Ok(Err(reason)) => {
-                    shared.stopping.store(true, Ordering::SeqCst);
+                    shared.stop_shards();
                     let _ = threads.join_all();
                     return Err(StartError::Bind {
                         port: configured_port,
@@ -316,7 +327,7 @@ impl ConnectorNode {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // A shard thread ended before binding: its executor could not start
                     // (e.g. RLIMIT_MEMLOCK below what io_uring needs). Report why.
-                    shared.stopping.store(true, Ordering::SeqCst);
+                    shared.stop_shards();
                     let reason = threads
                         .join_all()
                         .into_iter()
@@ -325,7 +336,7 @@ impl ConnectorNode {
                     return Err(StartError::Executor(reason));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    shared.stopping.store(true, Ordering::SeqCst);
+                    shared.stop_shards();
                     return Err(StartError::Executor("shards did not start in time".into()));
                 }
             }
@@ -338,7 +349,7 @@ impl ConnectorNode {
             None => match PortLock::take(btp_port) {
                 Ok(l) => Some(l),
                 Err(reason) => {
-                    shared.stopping.store(true, Ordering::SeqCst);
+                    shared.stop_shards();
                     let _ = threads.join_all();
                     return Err(StartError::Bind {
                         port: btp_port,
@@ -433,6 +444,7 @@ impl ConnectorNode {
         if self.shared.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.shared.changed.notify();
         if let Some(t) = self.threads.take() {
             let _ = t.join_all();
         }
@@ -512,12 +524,14 @@ pub(crate) fn add_peer(shared: &NodeShared, peer: PeerConfig) -> Result<(), Peer
     if let Err(e) = super::routes::rebuild(shared) {
         let _ = shared.peers.remove(entry.id());
         super::ccp::peer_removed(shared, entry.id());
+        shared.changed.notify();
         return Err(PeerError::Invalid(crate::config::ConfigError::Invalid {
             key: "id".into(),
             reason: e.to_string(),
         }));
     }
     log_peer_change(shared, &entry, "peer_added");
+    shared.changed.notify();
     shared.peers.wait_applied(PEER_CHANGE_BOUND);
     Ok(())
 }
@@ -531,6 +545,7 @@ pub(crate) fn remove_peer(shared: &NodeShared, id: &str) -> Result<(), PeerError
         tracing::warn!(nodeId = %shared.config.node_id, component = "peers", event = "routes_not_rebuilt", error = %e);
     }
     log_peer_change(shared, &entry, "peer_removed");
+    shared.changed.notify();
     shared.peers.wait_applied(PEER_CHANGE_BOUND);
     Ok(())
 }

@@ -18,3 +18,4 @@ pub mod peers;
 pub mod routes;
 pub mod rules;
 pub mod shard;
+pub mod signal;

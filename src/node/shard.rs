@@ -223,11 +223,13 @@ impl Shard {
         self.node.peers.mark_applied(self.index, generation);
     }
 
-    /// Watches the peer set until the node stops.
+    /// Watches the peer set until the node stops: sleeps until `add_peer`/`remove_peer` (or
+    /// a stop) signal a change, with no timer.
     async fn watch_peers(self: Rc<Self>) {
+        let mut seen = self.node.changed.seq();
         while !self.stopping() {
             self.refresh_peers();
-            glommio::timer::sleep(Duration::from_millis(20)).await;
+            seen = self.node.changed.changed(seen).await;
         }
     }
 
@@ -236,8 +238,9 @@ impl Shard {
     }
 
     async fn until_stopping(&self) {
+        let mut seen = self.node.changed.seq();
         while !self.stopping() {
-            glommio::timer::sleep(Duration::from_millis(20)).await;
+            seen = self.node.changed.changed(seen).await;
         }
     }
 
@@ -491,11 +494,14 @@ impl Shard {
         let timeout = Duration::from_millis(cfg.connect_timeout_ms);
         let mut failures: u32 = 0;
         let done = || self.stopping() || entry.is_removed();
+        let signal = &self.node.changed;
+        let mut seen = signal.seq();
         while !done() {
             // Only the peer's home shard dials until the peer says it takes more links
-            // (a peer that keeps one socket per account would evict the others' links).
+            // (a peer that keeps one socket per account would evict the others' links); the
+            // home shard signals when it learns that.
             if !entry.shard_dials(self.index) {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                seen = signal.changed(seen).await;
                 continue;
             }
             let dialled = dial_with_ca(
@@ -511,6 +517,7 @@ impl Shard {
                     failures = 0;
                     if self.index == entry.home_shard() {
                         entry.set_offered_links(offered);
+                        signal.notify();
                     }
                     self.run_link(
                         entry.clone(),
@@ -531,9 +538,13 @@ impl Shard {
             }
             let steps = &cfg.reconnect_backoff_ms;
             let delay = steps[(failures.max(1) as usize - 1).min(steps.len() - 1)];
+            // The backoff, cut short by a stop or the peer's removal.
             let until = Instant::now() + Duration::from_millis(delay);
             while Instant::now() < until && !done() {
-                glommio::timer::sleep(Duration::from_millis(20).min(until - Instant::now())).await;
+                let left = until.saturating_duration_since(Instant::now());
+                if let Some(now) = crate::btp::within(left, signal.changed(seen)).await {
+                    seen = now;
+                }
             }
         }
     }
