@@ -230,20 +230,12 @@ fn deadline_then_late_answer_is_ignored() {
             .await
             .unwrap();
         let t = Instant::now();
-        let mut frame = BytesMut::new();
-        let mut ilp = BytesMut::new();
-        PrepareFields {
-            amount: 1,
-            expires_at: Timestamp::now().add_millis(30_000),
-            execution_condition: &[0; 32],
-            destination: b"test.x",
-            data: &1000u64.to_be_bytes(),
-        }
-        .encode(&mut ilp);
-        btp::encode_ilp(&mut frame, BtpType::Message, 0, &ilp);
         let err = s
             .link
-            .request(frame, Some(Instant::now() + Duration::from_millis(100)))
+            .request(
+                message(&1000u64.to_be_bytes()),
+                Some(Instant::now() + Duration::from_millis(100)),
+            )
             .await
             .unwrap_err();
         let took = t.elapsed();
