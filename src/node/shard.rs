@@ -17,7 +17,7 @@
 //! answer written are the links closed.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -124,7 +124,7 @@ impl Shard {
             index,
             me: me.clone(),
             routing: RefCell::new(node.routing.view()),
-            links: RefCell::new(HashMap::new()),
+            links: RefCell::new(HashMap::default()),
             peers: RefCell::new(PeerView::default()),
             deadlines: Deadlines::new(),
             metrics: node.metrics[index].clone(),
@@ -134,7 +134,7 @@ impl Shard {
             relayed: RefCell::new(Slab::new()),
             accounts: Rc::new(ShardAccounts::new(node.clone(), index)),
             node,
-            peer_load: RefCell::new(HashMap::new()),
+            peer_load: RefCell::new(HashMap::default()),
             unauthenticated: Cell::new(0),
             auth_throttle: RefCell::new(auth_throttle),
         });
