@@ -211,9 +211,9 @@ fn shard_wakeups(pid: u32) -> u64 {
     total
 }
 
-/// An idle node polls nothing: with two shards and a live link, its shard threads wake a few
-/// times a second (keep-alive, the idle deadline driver), not the ~150 times a second the
-/// 20 ms watchers cost before.
+/// An idle node polls nothing: with two shards and 31 live links, its shard threads wake a
+/// few times a second (one keep-alive sweep per shard, the idle deadline driver), not the
+/// ~150 times a second the 20 ms watchers cost before, nor once per link per second.
 #[test]
 fn idle_shards_do_not_poll() {
     let f = Fulfiller::start("n", "secret-r", Mode::Fulfill);
@@ -221,7 +221,7 @@ fn idle_shards_do_not_poll() {
     std::fs::write(
         &path,
         format!(
-            "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nshards: 2\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-r}}\n",
+            "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nhealthCheckPort: 0\nshards: 2\nmaxConnectionsPerPeer: 64\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: receiver, relation: child, url: \"{}\", authToken: secret-r}}\n",
             f.url()
         ),
     )
@@ -237,11 +237,47 @@ fn idle_shards_do_not_poll() {
             })
         })
     });
+    // 30 idle links from the sender, held open until the measurement is done.
+    let (url, (done_tx, done_rx)) = (
+        format!("ws://127.0.0.1:{}", node.btp_port),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let holder = std::thread::spawn(move || {
+        run_local(move || async move {
+            let mut links = Vec::new();
+            for _ in 0..30 {
+                links.push(
+                    SenderLink::connect(&url, "sender", "secret-s")
+                        .await
+                        .unwrap(),
+                );
+            }
+            while done_rx.try_recv().is_err() {
+                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            drop(links);
+        })
+    });
+    wait_for("30 links from the sender", || {
+        process::admin_get(node.admin_port, "/peers").is_some_and(|peers| {
+            peers.as_array().into_iter().flatten().any(|p| {
+                p["id"] == "sender"
+                    && p["linksPerShard"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().filter_map(|n| n.as_u64()).sum::<u64>() == 30)
+            })
+        })
+    });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = node.child.id();
     let before = shard_wakeups(pid);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let woke = shard_wakeups(pid) - before;
-    assert!(woke <= 20, "two idle shards woke {woke} times in 2 s");
+    let _ = done_tx.send(());
+    holder.join().unwrap();
+    assert!(
+        woke <= 20,
+        "two idle shards with 31 links woke {woke} times in 2 s"
+    );
     stop(node, "n");
 }

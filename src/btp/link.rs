@@ -25,8 +25,9 @@
 //!   what is queued (bounded by the write timeout) and closes; keep-alive closes a link that
 //!   stops answering pings the same way.
 //!
-//! Keep-alive runs in a task of its own (the hot loop arms no timer and reads no clock): once
-//! per tick (≤ 1 s) it looks whether any frame arrived since its last look; after
+//! Keep-alive runs in one sweeper task per shard thread for all its links (the hot loop arms
+//! no timer and reads no clock; an idle shard wakes once per tick, not once per link): once
+//! per tick (≤ 1 s) it looks whether any frame arrived on each link since its last look; after
 //! `ping_interval` of silence it sends a ping, and if nothing arrives within `pong_timeout`
 //! after that, it closes the link. It also keeps [`Link::idle_for`] (coarse, tick-grained).
 //!
@@ -636,61 +637,131 @@ const MAX_SPARE_CAPACITY: usize = 4096;
 /// Longest keep-alive tick (so [`Link::idle_for`] is accurate to about a second).
 const MAX_TICK: Duration = Duration::from_secs(1);
 
-/// The keep-alive task: see the module doc. It is also the write watchdog: a write in
-/// progress that completes nothing for `write_timeout` is aborted (no timer is armed per
-/// write, so writing costs no allocation). Ends when the link does.
-async fn keep_alive(link: std::rc::Weak<LinkInner>) {
-    let Some(cfg) = link.upgrade().map(|i| i.cfg.clone()) else {
-        return;
-    };
+/// Keep-alive state of one link, kept by its thread's sweeper.
+struct KeepAlive {
+    link: std::rc::Weak<LinkInner>,
+    /// How often this link is looked at.
+    tick: Duration,
+    next: Instant,
+    ping_sent: Option<Instant>,
+    /// Writes completed when the current stall was first seen, and when.
+    stall: Option<(u64, Instant)>,
+    /// It closed the link: nothing more to look at.
+    done: bool,
+}
+
+/// The links of this thread (one shard) and the executor whose sweeper task looks after
+/// them (a thread may run one executor after another).
+#[derive(Default)]
+struct Sweep {
+    links: Vec<KeepAlive>,
+    sweeper: Option<usize>,
+}
+
+thread_local! {
+    static SWEEP: RefCell<Sweep> = RefCell::new(Sweep::default());
+}
+
+/// Puts `link` under keep-alive: one sweeper task per thread looks at every link of the
+/// thread in turn (see the module doc), so an idle shard with many links wakes once per tick,
+/// not once per link. The sweeper ends when its thread has no links left.
+fn keep_alive(link: &Rc<LinkInner>) {
+    let cfg = &link.cfg;
     let tick = cfg
         .ping_interval
         .min(cfg.pong_timeout)
         .min(cfg.write_timeout / 2)
         .min(MAX_TICK)
         .max(Duration::from_millis(1));
-    let mut ping_sent: Option<Instant> = None;
-    // Writes completed when the current stall was first seen, and when.
-    let mut stall: Option<(u64, Instant)> = None;
+    let spawn = SWEEP.with(|s| {
+        let mut s = s.borrow_mut();
+        s.links.push(KeepAlive {
+            link: Rc::downgrade(link),
+            tick,
+            next: Instant::now() + tick,
+            ping_sent: None,
+            stall: None,
+            done: false,
+        });
+        let executor = glommio::executor().id();
+        s.sweeper.replace(executor) != Some(executor)
+    });
+    if spawn {
+        glommio::spawn_local(sweep()).detach();
+    }
+}
+
+/// The sweeper: every shortest tick, checks each link that is due; drops ended links.
+async fn sweep() {
     loop {
-        glommio::timer::sleep(tick).await;
-        let Some(inner) = link.upgrade().filter(|i| !i.closed.get()) else {
+        let Some(tick) = SWEEP.with(|s| {
+            let mut s = s.borrow_mut();
+            s.links
+                .retain(|k| k.link.upgrade().is_some_and(|i| !i.closed.get()));
+            if s.links.is_empty() {
+                s.sweeper = None;
+                return None;
+            }
+            s.links.iter().map(|k| k.tick).min()
+        }) else {
             return;
         };
+        glommio::timer::sleep(tick).await;
         let now = Instant::now();
+        SWEEP.with(|s| {
+            for k in s.borrow_mut().links.iter_mut().filter(|k| k.next <= now) {
+                k.next = now + k.tick;
+                if let Some(inner) = k.link.upgrade().filter(|i| !i.closed.get()) {
+                    k.look(&inner, now);
+                }
+            }
+        });
+    }
+}
+
+impl KeepAlive {
+    /// One look at a live link: the write watchdog (a write in progress that completes
+    /// nothing for `write_timeout` is aborted: no timer is armed per write, so writing costs
+    /// no allocation), then pings and the pong timeout.
+    fn look(&mut self, inner: &LinkInner, now: Instant) {
+        let cfg = &inner.cfg;
+        if self.done {
+            return;
+        }
         if inner.writing.get() {
             let done = inner.writes_done.get();
-            match stall {
+            match self.stall {
                 Some((n, since)) if n == done => {
                     if now.duration_since(since) >= cfg.write_timeout {
-                        inner.cfg.counters.write_timeouts.fetch_add(1, Relaxed);
+                        cfg.counters.write_timeouts.fetch_add(1, Relaxed);
                         tracing::warn!(nodeId = %cfg.node_id, component = "btp_link", event = "write_timeout", peer = %inner.peer_id,
                             timeout_ms = cfg.write_timeout.as_millis() as u64, "peer stopped reading; closing the link");
                         inner.write_aborted.set(true);
                         inner.close_now();
+                        self.done = true;
                         return;
                     }
                 }
-                _ => stall = Some((done, now)),
+                _ => self.stall = Some((done, now)),
             }
         } else {
-            stall = None;
+            self.stall = None;
         }
         if inner.heard.replace(false) {
             inner.last_heard.set(now);
-            ping_sent = None;
-            continue;
+            self.ping_sent = None;
+            return;
         }
-        match ping_sent {
+        match self.ping_sent {
             None if now.duration_since(inner.last_heard.get()) >= cfg.ping_interval => {
-                ping_sent = Some(now);
+                self.ping_sent = Some(now);
                 inner.ping_wanted.set(true);
                 inner.wake_task();
             }
             Some(t) if now.duration_since(t) >= cfg.pong_timeout => {
                 tracing::debug!(nodeId = %cfg.node_id, component = "btp_link", event = "pong_timeout", peer = %inner.peer_id);
                 inner.close_now();
-                return;
+                self.done = true;
             }
             _ => {}
         }
@@ -808,7 +879,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let inner = link.0.clone();
-    glommio::spawn_local(keep_alive(Rc::downgrade(&inner))).detach();
+    keep_alive(&inner);
     loop {
         if inner.closing.get() {
             // Write what is queued (answers the peer is owed), then close.

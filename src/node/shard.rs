@@ -16,8 +16,8 @@
 //! Prepare is answered T01/R00), and only once every Prepare is answered and every queued
 //! answer written are the links closed.
 
-use std::cell::{Cell, RefCell};
 use ahash::AHashMap as HashMap;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
