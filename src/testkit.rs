@@ -362,6 +362,20 @@ impl SenderLink {
     }
 }
 
+/// An answer as tests compare it: `fulfilled`, or the Reject's code and `triggeredBy`
+/// (`F99 test.fulfiller`).
+pub fn outcome(answer: &Packet) -> String {
+    match answer {
+        Packet::Fulfill(_) => "fulfilled".to_owned(),
+        Packet::Reject(r) => format!(
+            "{} {}",
+            r.code().as_str(),
+            String::from_utf8_lossy(r.triggered_by())
+        ),
+        Packet::Prepare(_) => panic!("a Prepare as the answer"),
+    }
+}
+
 /// A thread running `f` on its own glommio executor until the future ends.
 fn executor_thread<F>(f: impl FnOnce() -> F + Send + 'static) -> JoinHandle<()>
 where

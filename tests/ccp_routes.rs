@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{outcome, run_local, Fulfiller, Mode, SenderLink};
 
 fn start(yaml: &str) -> ConnectorNode {
     let node = ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap();
@@ -39,15 +38,7 @@ fn send(a_port: u16, destination: &str) -> String {
         let s = SenderLink::connect(&url, "sender", "secret-sa")
             .await
             .unwrap();
-        match s.send(&destination, 10, 20_000, b"ccp").await.unwrap() {
-            Packet::Fulfill(_) => "fulfilled".to_owned(),
-            Packet::Reject(r) => format!(
-                "{} {}",
-                r.code().as_str(),
-                String::from_utf8_lossy(r.triggered_by())
-            ),
-            other => panic!("{other:?}"),
-        }
+        outcome(&s.send(&destination, 10, 20_000, b"ccp").await.unwrap())
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{outcome, run_local, Fulfiller, Mode, SenderLink};
 
 fn start(yaml: &str) -> ConnectorNode {
     let node = ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap();
@@ -34,21 +34,11 @@ fn send(a: &ConnectorNode, destination: &str, count: usize) -> Vec<String> {
         let mut out = Vec::new();
         for i in 0..count {
             let data = format!("http-{i}");
-            out.push(
-                match s
-                    .send(&destination, 10, 10_000, data.as_bytes())
+            out.push(outcome(
+                &s.send(&destination, 10, 10_000, data.as_bytes())
                     .await
-                    .unwrap()
-                {
-                    Packet::Fulfill(_) => "fulfilled".to_owned(),
-                    Packet::Reject(r) => format!(
-                        "{} {}",
-                        r.code().as_str(),
-                        String::from_utf8_lossy(r.triggered_by())
-                    ),
-                    other => panic!("{other:?}"),
-                },
-            );
+                    .unwrap(),
+            ));
         }
         out
     })

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{outcome, run_local, Fulfiller, Mode, SenderLink};
 
 #[path = "support/reference.rs"]
 mod reference;
@@ -140,7 +140,7 @@ fn js_c(fulfiller_port: u16, routes: &str) -> (Reaped, u64) {
 
 /// JS connector A (`test.jsa`): listens for the sender as child `sender`, dials our B (at
 /// `b_port`) as peer `b`. Returns it and its listening port.
-fn js_a(b_port: u16, routes: &str) -> (Reaped, u64) {
+fn js_a(b_account: String, routes: &str) -> (Reaped, u64) {
     let (a, rx) = js_connector(
         "test.jsa",
         routes,
@@ -150,17 +150,18 @@ fn js_a(b_port: u16, routes: &str) -> (Reaped, u64) {
                 "child",
                 r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
             ),
-            (
-                "b",
-                "peer",
-                format!(r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{b_port}"}}"#),
-            ),
+            ("b", "peer", b_account),
         ],
     );
     let port = next_line(&rx, "A's listening port")["port"]
         .as_u64()
         .expect("port");
     (a, port)
+}
+
+/// The options of JS A's account `b` when it dials our node B over BTP.
+fn btp_to_b(b_port: u16) -> String {
+    format!(r#"{{"server":"btp+ws://jsa:secret-ab@127.0.0.1:{b_port}"}}"#)
 }
 
 fn wait_peer_up(node: &ConnectorNode, peer: &str) {
@@ -318,7 +319,7 @@ fn js_connector_to_our_two_shard_node_to_js_connector() {
     );
     wait_peer_up(&b, "jsc");
     let (_a, a_port) = js_a(
-        b.btp_port(),
+        btp_to_b(b.btp_port()),
         r#"[{"targetPrefix":"test.jsc","peerId":"b"}]"#,
     );
     wait_peer_up(&b, "jsa");
@@ -360,7 +361,7 @@ fn routes_learned_from_and_by_the_js_connector() {
     )
     .unwrap();
     wait_peer_up(&b, "jsc");
-    let (_a, a_port) = js_a(b.btp_port(), "[]");
+    let (_a, a_port) = js_a(btp_to_b(b.btp_port()), "[]");
     wait_peer_up(&b, "jsa");
     let hop = |d: &str| {
         b.routing_table()
@@ -478,46 +479,21 @@ fn ilp_over_http_with_the_js_plugin() {
             .iter()
             .enumerate()
         {
-            out.push(
-                match s
-                    .send(d, 5, 20_000, format!("h{i}").as_bytes())
+            out.push(outcome(
+                &s.send(d, 5, 20_000, format!("h{i}").as_bytes())
                     .await
-                    .unwrap()
-                {
-                    Packet::Fulfill(_) => "fulfilled".to_owned(),
-                    Packet::Reject(r) => format!(
-                        "{} {}",
-                        r.code().as_str(),
-                        String::from_utf8_lossy(r.triggered_by())
-                    ),
-                    other => panic!("{other:?}"),
-                },
-            );
+                    .unwrap(),
+            ));
         }
         out
     });
     assert_eq!(answers, ["fulfilled", "F99 test.fulfiller"]);
 
     // JS → ours over HTTP.
-    let (_a, a_rx) = js_connector(
-        "test.jsa",
+    let (_a, a_port) = js_a(
+        http_account(pa, "tok-b-to-a", &b_http, "tok-a-to-b"),
         r#"[{"targetPrefix":"test.b","peerId":"b"}]"#,
-        &[
-            (
-                "sender",
-                "child",
-                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
-            ),
-            (
-                "b",
-                "peer",
-                http_account(pa, "tok-b-to-a", &b_http, "tok-a-to-b"),
-            ),
-        ],
     );
-    let a_port = next_line(&a_rx, "A's listening port")["port"]
-        .as_u64()
-        .expect("port");
     assert_eq!(
         send_unique(
             format!("ws://127.0.0.1:{a_port}"),
@@ -598,25 +574,10 @@ fn js_http_ours_btp_ours_http_js_chain() {
         ],
     );
     assert_eq!(next_line(&d_rx, "D connected")["connected"], true);
-    let (_a, a_rx) = js_connector(
-        "test.jsa",
+    let (_a, a_port) = js_a(
+        http_account(pa, "tok-b-to-a", &b_http, "tok-a-to-b"),
         r#"[{"targetPrefix":"test.jsd","peerId":"b"}]"#,
-        &[
-            (
-                "sender",
-                "child",
-                r#"{"listener":{"port":0,"secret":"secret-sa"}}"#.into(),
-            ),
-            (
-                "b",
-                "peer",
-                http_account(pa, "tok-b-to-a", &b_http, "tok-a-to-b"),
-            ),
-        ],
     );
-    let a_port = next_line(&a_rx, "A's listening port")["port"]
-        .as_u64()
-        .expect("port");
     assert_eq!(
         send_unique(
             format!("ws://127.0.0.1:{a_port}"),
