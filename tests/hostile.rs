@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use ilp_connector::btp::auth::Credential;
 use ilp_connector::btp::client::{dial, parse_url};
 use ilp_connector::btp::deadlines::Deadlines;
 use ilp_connector::btp::link::{self, Link, LinkConfig};
 use ilp_connector::btp::server::{accept_peer, admit_all};
+use ilp_connector::btp::socket::{Incoming, Socket};
 use ilp_connector::btp::LinkError;
 use ilp_connector::codec::btp::{self, BtpType};
 use ilp_connector::codec::{FulfillFields, Packet, Prepare, PrepareFields, Timestamp};
@@ -22,7 +22,6 @@ use ilp_connector::config::Config;
 use ilp_connector::node::connector::{ConnectorNode, StartError};
 use ilp_connector::testkit::{condition_for, run_local, Fulfiller, Mode, SenderLink};
 
-use async_tungstenite::tungstenite::Message;
 use sha2::{Digest, Sha256};
 
 /// The tests here run one at a time: one of them measures the process's memory, which the
@@ -146,7 +145,7 @@ impl StallPeer {
                         let until = Instant::now() + Duration::from_secs(20);
                         while Instant::now() < until {
                             match ilp_connector_within(ws.next()).await {
-                                Some(Some(Ok(_))) | None => continue,
+                                Some(Ok(Incoming::Binary(_))) | None => continue,
                                 Some(_) => break,
                             }
                         }
@@ -257,17 +256,17 @@ fn child_that_never_reads_answers_is_bounded() {
         let mut stalled = false;
         while sent < 400_000 && Instant::now() < until {
             let frame = prepare_frame("test.nowhere.x", &data, sent);
-            match ilp_connector_within(ws.feed(Message::Binary(frame))).await {
-                Some(Ok(())) => sent += 1,
-                Some(Err(_)) => break,
-                None => {
-                    stalled = true;
-                    break;
+            ws.send_binary(&frame);
+            sent += 1;
+            if sent.is_multiple_of(64) {
+                match ilp_connector_within(ws.flush()).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break,
+                    None => {
+                        stalled = true;
+                        break;
+                    }
                 }
-            }
-            if sent.is_multiple_of(64) && ilp_connector_within(ws.flush()).await.is_none() {
-                stalled = true;
-                break;
             }
         }
         // Keep the socket open (still not reading): the node must close it itself, through
@@ -559,14 +558,14 @@ fn malformed_frame_flood_is_answered_counted_and_not_logged_per_frame() {
             let mut f = vec![6u8];
             f.extend_from_slice(&i.to_be_bytes());
             f.extend_from_slice(&[0x82, 0xff, 0xff, 1, 2, 3]);
-            ws.feed(Message::Binary(Bytes::from(f))).await.unwrap();
+            ws.send_binary(&f);
         }
         ws.flush().await.unwrap();
         let mut errors = 0;
         while errors < 5000 {
             match ilp_connector_within(ws.next()).await {
-                Some(Some(Ok(Message::Binary(b)))) if b.first() == Some(&2) => errors += 1,
-                Some(Some(Ok(_))) => {}
+                Some(Ok(Incoming::Binary(b))) if b.first() == Some(&2) => errors += 1,
+                Some(Ok(Incoming::Binary(_))) => {}
                 _ => break,
             }
         }
@@ -685,23 +684,30 @@ fn outgoing_expiry_is_capped_and_a_late_fulfill_is_counted() {
 }
 
 /// Reads frames until one with request id `id` arrives (bounded); returns its type byte.
-async fn answer_to<S>(ws: &mut async_tungstenite::WebSocketStream<S>, id: u32) -> Option<u8>
+async fn answer_to<S>(ws: &mut Socket<S>, id: u32) -> Option<u8>
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         match ilp_connector_within(ws.next()).await {
-            Some(Some(Ok(Message::Binary(b)))) => {
-                if b.get(1..5) == Some(&id.to_be_bytes()[..]) {
-                    return b.first().copied();
-                }
+            Some(Ok(Incoming::Binary(b))) if b.get(1..5) == Some(&id.to_be_bytes()[..]) => {
+                return b.first().copied();
             }
-            Some(Some(Ok(_))) | None => {}
+            Some(Ok(Incoming::Binary(_))) | None => {}
             Some(_) => return None,
         }
     }
     None
+}
+
+/// Queues `frame` and writes it out.
+async fn send<S>(ws: &mut Socket<S>, frame: &[u8])
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    ws.send_binary(frame);
+    ws.flush().await.unwrap();
 }
 
 /// The rest of the garbage: unknown response ids are ignored, TRANSFER gets a BTP ERROR,
@@ -722,34 +728,28 @@ fn assorted_garbage_keeps_the_node_and_others_up() {
             let target = parse_url(&url).unwrap();
             let t = Duration::from_secs(5);
             let mut ws = dial(&target, "bad", "secret-b", t).await.unwrap();
-            let send = |b: Bytes| Message::Binary(b);
             // An answer to a request we never sent, then a TRANSFER, then a truncated MESSAGE.
             let mut f = BytesMut::new();
             btp::encode(&mut f, 4242, btp::BtpBody::Response, &[]);
-            ws.send(send(f.freeze())).await.unwrap();
+            send(&mut ws, &f).await;
             let mut f = BytesMut::new();
             btp::encode(&mut f, 7, btp::BtpBody::Transfer { amount: 5 }, &[]);
-            ws.send(send(f.freeze())).await.unwrap();
+            send(&mut ws, &f).await;
             let transfer = answer_to(&mut ws, 7).await;
-            ws.send(send(Bytes::from_static(&[6, 0, 0, 0, 8])))
-                .await
-                .unwrap();
+            send(&mut ws, &[6, 0, 0, 0, 8]).await;
             let truncated = answer_to(&mut ws, 8).await;
             // 10 000 pings, then a Prepare on the same link.
             for _ in 0..10_000 {
-                ws.feed(Message::Ping(Bytes::new())).await.unwrap();
+                ws.send_ping();
             }
-            ws.send(send(prepare_frame("test.nowhere", b"p", 9)))
-                .await
-                .unwrap();
+            send(&mut ws, &prepare_frame("test.nowhere", b"p", 9)).await;
             let after_pings = answer_to(&mut ws, 9).await;
             // Larger than any BTP frame may be: this connection is closed.
-            let _ = ws.send(send(Bytes::from(vec![6u8; 100 * 1024]))).await;
+            ws.send_binary(&vec![6u8; 100 * 1024]);
+            let _ = ws.flush().await;
             let mut oversize_closed = false;
             for _ in 0..20 {
-                if let Some(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) =
-                    ilp_connector_within(ws.next()).await
-                {
+                if let Some(Ok(Incoming::Close) | Err(_)) = ilp_connector_within(ws.next()).await {
                     oversize_closed = true;
                     break;
                 }
@@ -810,7 +810,7 @@ fn evicted_link_fails_its_packets_with_t01_at_once() {
                     let mut last = 0;
                     for _ in 0..20 {
                         match ws.next().await {
-                            Some(Ok(Message::Binary(b))) => {
+                            Ok(Incoming::Binary(b)) => {
                                 last = u32::from_be_bytes([b[1], b[2], b[3], b[4]])
                             }
                             _ => return,
@@ -824,8 +824,8 @@ fn evicted_link_fails_its_packets_with_t01_at_once() {
                         ilp_connector::codec::GeneralizedTime::from(Timestamp::now()),
                         b"This connection has been ended because the user has opened a new connection",
                     );
-                    let _ = ws.send(Message::Binary(f.freeze())).await;
-                    let _ = ws.close(None).await;
+                    ws.send_binary(&f);
+                    let _ = ws.close().await;
                 })
                 .detach();
             }

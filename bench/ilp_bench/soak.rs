@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use ilp_connector::btp::client::{dial, parse_url};
 use ilp_connector::codec::btp::{self, BtpType};
 use ilp_connector::codec::{BtpPacket, Packet, PrepareFields, Timestamp};
 use ilp_connector::testkit::{condition_for, run_local, Fulfiller, Mode};
 
-use async_tungstenite::tungstenite::Message;
+use ilp_connector::btp::socket::Incoming;
 
 use crate::{free_port, procstat, start_connector, Proc};
 
@@ -196,9 +195,7 @@ async fn drive(
                 .encode(&mut ilp);
                 let mut frame = BytesMut::new();
                 btp::encode_ilp(&mut frame, BtpType::Message, id, &ilp);
-                ws.feed(Message::Binary(frame.freeze()))
-                    .await
-                    .map_err(|e| format!("write to A: {e}"))?;
+                ws.send_binary(&frame);
                 outstanding.insert(id, Instant::now());
                 answered_ids.push(false);
                 report.sent += 1;
@@ -213,14 +210,11 @@ async fn drive(
                 .await;
         let msg = match next {
             Err(_) => continue,
-            Ok(None) => return Err("A closed the sender's connection".into()),
-            Ok(Some(Err(e))) => return Err(format!("read from A: {e}")),
-            Ok(Some(Ok(m))) => m,
+            Ok(Ok(Incoming::Close)) => return Err("A closed the sender's connection".into()),
+            Ok(Err(e)) => return Err(format!("read from A: {e}")),
+            Ok(Ok(Incoming::Binary(bytes))) => bytes,
         };
-        let Message::Binary(bytes) = msg else {
-            continue;
-        };
-        let Ok(p) = BtpPacket::decode(bytes) else {
+        let Ok(p) = BtpPacket::decode(msg) else {
             report.unknown += 1;
             continue;
         };

@@ -7,13 +7,12 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::Message;
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use glommio::net::TcpStream;
 
+use super::socket::Incoming;
 use super::tls::{Stream, Ws};
-use super::{within, ws_config, LinkError};
+use super::{upgrade, within, LinkError};
 use crate::codec::btp::encode_auth;
 use crate::codec::{BtpPacket, BtpType};
 
@@ -177,36 +176,24 @@ pub async fn dial_with_ca(
         &[],
     )
     .await?;
-    let (mut ws, _) = within(
-        timeout,
-        async_tungstenite::client_async_with_config(
-            target.ws_url.as_str(),
-            stream,
-            Some(ws_config()),
-        ),
-    )
-    .await
-    .ok_or_else(|| LinkError::Connect("websocket handshake timed out".into()))?
-    .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let mut ws = within(timeout, upgrade::connect(target.ws_url.as_str(), stream))
+        .await
+        .ok_or_else(|| LinkError::Connect("websocket handshake timed out".into()))??;
 
     let user = target.username.as_deref().unwrap_or(default_user);
     let token = target.token.as_deref().unwrap_or(token);
     let mut frame = BytesMut::new();
     let auth_id = 1;
     encode_auth(&mut frame, auth_id, user.as_bytes(), token.as_bytes());
-    ws.send(Message::Binary(frame.freeze()))
-        .await
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    ws.send_binary(&frame);
     let answer = within(timeout, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(b),
-                Some(Ok(Message::Close(_))) | None => {
-                    return Err(LinkError::Auth("closed during auth".into()))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(LinkError::Connect(e.to_string())),
-            }
+        ws.flush()
+            .await
+            .map_err(|e| LinkError::Connect(e.to_string()))?;
+        match ws.next().await {
+            Ok(Incoming::Binary(b)) => Ok(b),
+            Ok(Incoming::Close) => Err(LinkError::Auth("closed during auth".into())),
+            Err(e) => Err(LinkError::Connect(e.to_string())),
         }
     })
     .await

@@ -51,13 +51,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Message;
-use async_tungstenite::WebSocketStream;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_util::{SinkExt, StreamExt};
 
 use super::deadlines::{Deadlines, Expire};
+use super::socket::{Incoming, Socket, SocketError};
 use super::{within, LinkError};
 use crate::codec::btp::{self, set_request_id, BtpType};
 use crate::codec::{BtpPacket, GeneralizedTime, Packet, Timestamp};
@@ -619,7 +617,7 @@ fn error_frame(request_id: u32, code: &[u8; 3], data: &[u8]) -> Bytes {
 }
 
 enum Event {
-    In(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
+    In(Result<Incoming, SocketError>),
     Out,
 }
 
@@ -809,7 +807,7 @@ struct Dead;
 
 /// Writes up to [`MAX_BATCH`] queued frames (skipping requests no longer pending) and a
 /// requested ping, then flushes.
-async fn write_batch<S>(ws: &mut WebSocketStream<S>, inner: &LinkInner) -> Result<(), Dead>
+async fn write_batch<S>(ws: &mut Socket<S>, inner: &LinkInner) -> Result<(), Dead>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -826,13 +824,13 @@ where
             Outbound::Answer(frame) => (frame, true),
             Outbound::Other(frame) => (frame, false),
         };
-        watched_write(inner, ws.feed(Message::Binary(frame.clone()))).await?;
+        ws.send_binary(&frame);
         if answer {
             inner
                 .unanswered_in
                 .set(inner.unanswered_in.get().saturating_sub(1));
         }
-        // tungstenite copied the frame: ours is the last handle, reuse the buffer.
+        // The socket copied the frame: ours is the last handle, reuse the buffer.
         if let Ok(mut buf) = frame.try_into_mut() {
             let mut spare = inner.spare.borrow_mut();
             if spare.len() < MAX_SPARE && buf.capacity() <= MAX_SPARE_CAPACITY {
@@ -843,7 +841,7 @@ where
         fed += 1;
     }
     if inner.ping_wanted.replace(false) {
-        watched_write(inner, ws.feed(Message::Ping(Bytes::new()))).await?;
+        ws.send_ping();
     }
     watched_write(inner, ws.flush()).await
 }
@@ -874,13 +872,13 @@ async fn watched_write<E>(
 /// The link task: owns `ws` until the link ends. Returns when the socket closes, fails, a
 /// write times out, the keep-alive times out, or [`Link::close`] is called (after writing
 /// what was queued).
-pub async fn run<S>(mut ws: WebSocketStream<S>, link: Link, handler: IncomingHandler)
+pub async fn run<S>(mut ws: Socket<S>, link: Link, handler: IncomingHandler)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let inner = link.0.clone();
     keep_alive(&inner);
-    loop {
+    'run: loop {
         if inner.closing.get() {
             // Write what is queued (answers the peer is owed), then close.
             while !inner.queue.borrow().is_empty() {
@@ -900,38 +898,48 @@ where
             outbound_ready(&inner, false).await;
             Event::Out
         };
-        match ev {
-            Event::In(None) | Event::In(Some(Err(_))) => break,
-            Event::In(Some(Ok(msg))) => {
-                inner.heard.set(true);
-                match msg {
-                    Message::Binary(data) => match handle_frame(&link, data, &handler) {
-                        FrameOutcome::Done => {}
-                        FrameOutcome::Reply(reply) => inner.push(Outbound::Other(reply)),
-                        FrameOutcome::Close => break,
-                    },
-                    Message::Ping(_) => {
-                        // tungstenite queued the pong; get it out.
-                        if watched_write(&inner, ws.flush()).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    Message::Pong(_) | Message::Text(_) | Message::Frame(_) => {}
-                }
-            }
+        let mut incoming = match ev {
             Event::Out => {
                 if write_batch(&mut ws, &inner).await.is_err() {
                     break;
                 }
+                continue;
             }
+            Event::In(incoming) => incoming,
+        };
+        inner.heard.set(true);
+        // This message, then every other one the same read brought, while reading is allowed.
+        loop {
+            match incoming {
+                Ok(Incoming::Binary(data)) => match handle_frame(&link, data, &handler) {
+                    FrameOutcome::Done => {}
+                    FrameOutcome::Reply(reply) => inner.push(Outbound::Other(reply)),
+                    FrameOutcome::Close => break 'run,
+                },
+                Ok(Incoming::Close) | Err(_) => break 'run,
+            }
+            if !inner.may_read() {
+                break;
+            }
+            incoming = match ws.next_buffered() {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+        }
+        // What that batch produced for this peer (answers, a pong the socket queued) goes out
+        // before the next read: a peer that keeps sending cannot hold back its own answers.
+        if (ws.unflushed() || !inner.queue.borrow().is_empty())
+            && write_batch(&mut ws, &inner).await.is_err()
+        {
+            break;
         }
     }
     inner.closed.set(true);
     inner.fail_all();
     inner.close_now();
     if !inner.write_aborted.get() {
-        let _ = within(Duration::from_secs(1), ws.close(None)).await;
+        let _ = within(Duration::from_secs(1), ws.close()).await;
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`link`]: the link task (sole owner of the socket) and the [`Link`] handle others use;
+//! - [`socket`]: the WebSocket data phase (frames in and out, our buffers);
+//! - [`upgrade`]: the opening handshake (tungstenite's), handing the stream to a socket;
 //! - [`deadlines`]: the shard's one timer structure for every pending request;
 //! - [`auth`]: the listener's check of the first frame, constant-time;
 //! - [`server`]: accept, WebSocket upgrade, authentication;
@@ -14,8 +16,10 @@ pub mod client;
 pub mod deadlines;
 pub mod link;
 pub mod server;
+pub mod socket;
 pub mod throttle;
 pub mod tls;
+pub mod upgrade;
 
 use std::time::Duration;
 
@@ -46,18 +50,6 @@ pub enum LinkError {
 
 /// Largest WebSocket message we accept: the largest legal BTP frame is 42 015 bytes.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
-
-/// How much tungstenite reads from the socket at once. It zero-fills this much of its read
-/// buffer before every read: its default (128 KiB) cost ~3 µs per read, 6.5 % of the CPU at
-/// 10 000 packets/s; 16 KiB still takes a batch of 64 typical frames in one read.
-const READ_BUFFER_SIZE: usize = 16 * 1024;
-
-pub(crate) fn ws_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
-    async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .max_message_size(Some(MAX_MESSAGE_SIZE))
-        .max_frame_size(Some(MAX_MESSAGE_SIZE))
-}
 
 /// Runs `fut` with a time bound; `None` when the bound passed first.
 pub(crate) async fn within<T>(

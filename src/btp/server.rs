@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::http::StatusCode;
-use async_tungstenite::tungstenite::Message;
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use glommio::net::TcpStream;
 
 use super::auth::{authenticate, user_from_path, AuthRefusal, Credential};
+use super::socket::Incoming;
 use super::tls::{Stream, Ws};
-use super::{within, ws_config, LinkError};
+use super::{upgrade, within, LinkError};
 use futures_rustls::rustls::ServerConfig;
 use std::sync::Arc;
 
@@ -84,20 +83,9 @@ async fn accept_within(
             Err(r)
         }
     };
-    let mut ws =
-        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
-            .await
-            .map_err(|e| LinkError::Connect(e.to_string()))?;
-
-    let first = loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(b))) => break Some(b),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            _ => break None,
-        }
-    };
-    let Some(first) = first else {
-        let _ = ws.close(None).await;
+    let mut ws = upgrade::accept(stream, callback).await?;
+    let Ok(Incoming::Binary(first)) = ws.next().await else {
+        let _ = ws.close().await;
         return Err(LinkError::Auth("closed before the auth frame".into()));
     };
     // Err: (our error, what the peer is told)
@@ -137,7 +125,8 @@ async fn accept_within(
                 data: t.as_bytes(),
             });
             btp::encode(&mut out, request_id, BtpBody::Response, offer.as_slice());
-            ws.send(Message::Binary(out.freeze()))
+            ws.send_binary(&out);
+            ws.flush()
                 .await
                 .map_err(|e| LinkError::Connect(e.to_string()))?;
             Ok((peer, ws))
@@ -150,8 +139,8 @@ async fn accept_within(
                 GeneralizedTime::from(Timestamp::now()),
                 told.as_bytes(),
             );
-            let _ = ws.send(Message::Binary(out.freeze())).await;
-            let _ = ws.close(None).await;
+            ws.send_binary(&out);
+            let _ = ws.close().await;
             Err(ours)
         }
     }

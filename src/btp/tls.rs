@@ -34,8 +34,8 @@ impl std::fmt::Debug for Stream {
     }
 }
 
-/// A WebSocket over a link's stream.
-pub type Ws = async_tungstenite::WebSocketStream<Stream>;
+/// A WebSocket (past its handshake) over a link's stream.
+pub type Ws = super::socket::Socket<Stream>;
 
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {

@@ -9,6 +9,7 @@
 //! - [`btp`]: BTP 2.0 packets;
 //! - [`ildcp`]: the ILDCP response payload and the peer-protocol condition;
 //! - [`ccp`]: the route protocol's control and update requests;
+//! - [`websocket`]: WebSocket frame headers and masking (the data phase of a BTP link);
 //! - [`error`]: the one decode error type (what and where).
 //!
 //! Decoders take a `bytes::Bytes` and return views that borrow nothing but share that buffer;
@@ -24,6 +25,7 @@ pub mod ildcp;
 pub mod ilp;
 pub mod oer;
 pub mod time;
+pub mod websocket;
 
 pub use address::{validate_address, validate_prefix, Address, AddressError};
 pub use btp::{BtpBody, BtpPacket, BtpType, ProtocolData};

@@ -452,7 +452,7 @@ impl Shard {
     async fn run_link<S>(
         self: &Rc<Self>,
         entry: Arc<PeerEntry>,
-        ws: async_tungstenite::WebSocketStream<S>,
+        ws: crate::btp::socket::Socket<S>,
         up: &str,
         down: &str,
     ) where

@@ -1,0 +1,499 @@
+//! A link's WebSocket after the opening handshake: frames in and out over one byte stream,
+//! with our own buffers (tungstenite only does the handshake, see [`super::upgrade`]).
+//!
+//! Reading: one read takes whatever arrived (often a batch of frames) into the read buffer;
+//! each complete binary message is split off as `Bytes` sharing that buffer, unmasked in
+//! place: no copy, no zero-filling. Pings are answered (the pong is queued for the next
+//! flush), pongs dropped, text ignored (BTP is binary), fragments reassembled; a close is
+//! answered and reported.
+//! Writing: frames are encoded (masked when we are the client) into one write buffer, which
+//! [`Socket::flush`] writes out with as few system calls as the socket allows.
+//!
+//! Invariants: a peer cannot grow the read buffer past one message ([`MAX_MESSAGE_SIZE`]) plus
+//! one read; a frame that breaks RFC 6455 (reserved bits, unknown opcode, bad control frame,
+//! wrong masking for its direction, stray continuation) is an error, after which the owner
+//! only closes the socket; the write buffer holds what the owner queued since its last flush.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::MAX_MESSAGE_SIZE;
+use crate::codec::websocket::{apply_mask, encode_frame, parse_header, FrameError, Opcode};
+
+/// Which side of the handshake we were: a client masks what it sends, a server must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// What [`Socket::next`] hands over.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A whole binary message.
+    Binary(Bytes),
+    /// The peer closed the WebSocket (our close is queued in answer).
+    Close,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("websocket: {0}")]
+    Frame(#[from] FrameError),
+    #[error("websocket: {0}")]
+    Protocol(&'static str),
+    #[error("connection closed by the peer")]
+    Eof,
+}
+
+/// Most bytes taken from the socket in one read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A write buffer grown past this (a burst of big frames) is given back after its flush.
+const MAX_IDLE_WRITE_BUF: usize = 256 * 1024;
+
+thread_local! {
+    /// What a read lands in before it is appended to a socket's read buffer: the read
+    /// buffer's free space is uninitialized, and zero-filling 16 KiB before every read cost
+    /// more than copying the few hundred bytes a read usually brings. One per thread: a
+    /// read borrows it only for the duration of one `poll_read`.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
+/// A WebSocket in its data phase over `S`.
+pub struct Socket<S> {
+    io: S,
+    role: Role,
+    rbuf: BytesMut,
+    /// A fragmented message being reassembled: whether it is binary, and its bytes so far.
+    partial: Option<(bool, BytesMut)>,
+    wbuf: Vec<u8>,
+    /// How much of `wbuf` is already written.
+    written: usize,
+    close_sent: bool,
+}
+
+impl<S> std::fmt::Debug for Socket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("role", &self.role)
+            .field("buffered_in", &self.rbuf.len())
+            .field("queued_out", &(self.wbuf.len() - self.written))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Takes over `io` after the handshake; `already_read` are bytes read past it.
+    pub fn new(io: S, role: Role, already_read: &[u8]) -> Self {
+        Socket {
+            io,
+            role,
+            rbuf: BytesMut::from(already_read),
+            partial: None,
+            wbuf: Vec::new(),
+            written: 0,
+            close_sent: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The next message, reading the socket when none is buffered. Cancel-safe: what was
+    /// read stays buffered.
+    pub async fn next(&mut self) -> Result<Incoming, SocketError> {
+        loop {
+            if let Some(m) = self.next_buffered()? {
+                return Ok(m);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next message already in the read buffer, without reading the socket.
+    pub fn next_buffered(&mut self) -> Result<Option<Incoming>, SocketError> {
+        loop {
+            let Some(h) = parse_header(&self.rbuf, MAX_MESSAGE_SIZE)? else {
+                return Ok(None);
+            };
+            let end = h.header_len + h.payload_len;
+            if self.rbuf.len() < end {
+                return Ok(None);
+            }
+            match (self.role, h.mask) {
+                (Role::Server, None) => return Err(SocketError::Protocol("unmasked client frame")),
+                (Role::Client, Some(_)) => {
+                    return Err(SocketError::Protocol("masked server frame"))
+                }
+                (_, Some(key)) => apply_mask(&mut self.rbuf[h.header_len..end], key),
+                (_, None) => {}
+            }
+            self.rbuf.advance(h.header_len);
+            let payload = self.rbuf.split_to(h.payload_len);
+            let starts = matches!(h.opcode, Opcode::Binary | Opcode::Text);
+            if starts && self.partial.is_some() {
+                return Err(SocketError::Protocol("new message inside a fragmented one"));
+            }
+            match h.opcode {
+                Opcode::Binary if h.fin => return Ok(Some(Incoming::Binary(payload.freeze()))),
+                Opcode::Text if h.fin => {}
+                Opcode::Binary | Opcode::Text => {
+                    self.partial = Some((h.opcode == Opcode::Binary, payload));
+                }
+                Opcode::Continuation => {
+                    let Some((binary, mut message)) = self.partial.take() else {
+                        return Err(SocketError::Protocol("continuation without a message"));
+                    };
+                    let len = message.len() + payload.len();
+                    if len > MAX_MESSAGE_SIZE {
+                        return Err(FrameError::TooLong {
+                            len: len as u64,
+                            max: MAX_MESSAGE_SIZE,
+                        }
+                        .into());
+                    }
+                    message.extend_from_slice(&payload);
+                    if !h.fin {
+                        self.partial = Some((binary, message));
+                    } else if binary {
+                        return Ok(Some(Incoming::Binary(message.freeze())));
+                    }
+                }
+                Opcode::Ping => self.queue(Opcode::Pong, &payload),
+                Opcode::Pong => {}
+                Opcode::Close => {
+                    if !self.close_sent {
+                        // Echo the status code, as RFC 6455 §5.5.1 suggests.
+                        let code = payload.get(..2).unwrap_or(&[]);
+                        self.queue(Opcode::Close, code);
+                        self.close_sent = true;
+                    }
+                    return Ok(Some(Incoming::Close));
+                }
+            }
+        }
+    }
+
+    /// Reads once from the socket into the read buffer.
+    async fn fill(&mut self) -> Result<(), SocketError> {
+        let n = std::future::poll_fn(|cx| {
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let read = Pin::new(&mut self.io).poll_read(cx, &mut scratch);
+                if let Poll::Ready(Ok(n)) = read {
+                    let got = &scratch[..n.min(READ_SIZE)];
+                    if self.rbuf.capacity() - self.rbuf.len() < got.len() {
+                        // Room for a whole read more: one allocation per ~16 KiB read while
+                        // earlier messages still hold the old buffer, none once they are gone.
+                        self.rbuf.reserve(READ_SIZE);
+                    }
+                    self.rbuf.extend_from_slice(got);
+                }
+                read
+            })
+        })
+        .await?;
+        if n == 0 {
+            return Err(SocketError::Eof);
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
+        let mask = match self.role {
+            // The key must be unpredictable (RFC 6455 §10.3): a sender chooses the data
+            // bytes we forward.
+            Role::Client => Some(rand::random::<[u8; 4]>()),
+            Role::Server => None,
+        };
+        encode_frame(&mut self.wbuf, opcode, payload, mask);
+    }
+
+    /// Queues a binary message (written by the next [`flush`](Self::flush)).
+    pub fn send_binary(&mut self, payload: &[u8]) {
+        self.queue(Opcode::Binary, payload);
+    }
+
+    /// Queues a ping.
+    pub fn send_ping(&mut self) {
+        self.queue(Opcode::Ping, &[]);
+    }
+
+    /// Something is queued and not yet written.
+    pub fn unflushed(&self) -> bool {
+        self.written < self.wbuf.len()
+    }
+
+    /// Writes everything queued. Cancel-safe: what was written is not written again.
+    pub async fn flush(&mut self) -> Result<(), SocketError> {
+        while self.written < self.wbuf.len() {
+            let n = self.io.write(&self.wbuf[self.written..]).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            self.written += n;
+        }
+        self.wbuf.clear();
+        self.written = 0;
+        if self.wbuf.capacity() > MAX_IDLE_WRITE_BUF {
+            self.wbuf = Vec::new();
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a close (unless one was sent), writes what is queued and shuts the stream down.
+    pub async fn close(&mut self) -> Result<(), SocketError> {
+        if !self.close_sent {
+            self.queue(Opcode::Close, &1000u16.to_be_bytes());
+            self.close_sent = true;
+        }
+        self.flush().await?;
+        self.io.close().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::websocket::encode_frame;
+    use futures_lite::io::Cursor;
+
+    /// A stream that yields `input` in reads of at most `chunk` bytes and keeps what is written.
+    struct Scripted {
+        input: Cursor<Vec<u8>>,
+        chunk: usize,
+        output: Vec<u8>,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.chunk);
+            Pin::new(&mut self.input).poll_read(cx, &mut buf[..n])
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            // Short writes: at most 7 bytes at a time.
+            let n = buf.len().min(7);
+            self.output.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn socket(role: Role, input: Vec<u8>, chunk: usize, already: &[u8]) -> Socket<Scripted> {
+        Socket::new(
+            Scripted {
+                input: Cursor::new(input),
+                chunk,
+                output: Vec::new(),
+            },
+            role,
+            already,
+        )
+    }
+
+    fn frame(out: &mut Vec<u8>, fin: bool, opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>) {
+        let start = out.len();
+        encode_frame(out, opcode, payload, mask);
+        if !fin {
+            out[start] &= 0x7f;
+        }
+    }
+
+    /// Every message of `s` until it ends, as (binary payload) or "close" / error text.
+    fn drain(s: &mut Socket<Scripted>) -> Vec<String> {
+        futures_lite::future::block_on(async {
+            let mut seen = Vec::new();
+            loop {
+                match s.next().await {
+                    Ok(Incoming::Binary(b)) => seen.push(String::from_utf8_lossy(&b).into_owned()),
+                    Ok(Incoming::Close) => {
+                        seen.push("close".into());
+                        return seen;
+                    }
+                    Err(e) => {
+                        seen.push(format!("error: {e}"));
+                        return seen;
+                    }
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn reads_across_any_read_boundary_and_answers_control_frames() {
+        let key = Some([1, 2, 3, 4]);
+        let mut input = Vec::new();
+        frame(&mut input, true, Opcode::Binary, b"one", key);
+        frame(&mut input, true, Opcode::Ping, b"p", key);
+        frame(&mut input, false, Opcode::Binary, b"fr", key);
+        frame(&mut input, true, Opcode::Pong, b"", key);
+        frame(&mut input, false, Opcode::Continuation, b"ag", key);
+        frame(&mut input, true, Opcode::Continuation, b"ments", key);
+        frame(&mut input, true, Opcode::Text, b"ignored", key);
+        frame(&mut input, true, Opcode::Binary, &[b'x'; 300], key);
+        frame(&mut input, true, Opcode::Close, &1001u16.to_be_bytes(), key);
+        let long = "x".repeat(300);
+        for chunk in [1, 2, 3, 5, 64, 100_000] {
+            // The first bytes as if tungstenite had read them past the handshake.
+            let mut s = socket(Role::Server, input[3..].to_vec(), chunk, &input[..3]);
+            assert_eq!(
+                drain(&mut s),
+                ["one", "fragments", long.as_str(), "close"],
+                "chunk {chunk}"
+            );
+            futures_lite::future::block_on(s.flush()).unwrap();
+            let mut expected = Vec::new();
+            frame(&mut expected, true, Opcode::Pong, b"p", None);
+            frame(
+                &mut expected,
+                true,
+                Opcode::Close,
+                &1001u16.to_be_bytes(),
+                None,
+            );
+            assert_eq!(s.get_ref().output, expected);
+        }
+    }
+
+    #[test]
+    fn refuses_what_breaks_the_protocol() {
+        let cases: [(Role, Vec<u8>, &str); 5] = [
+            (
+                Role::Server,
+                {
+                    let mut v = Vec::new();
+                    frame(&mut v, true, Opcode::Binary, b"a", None);
+                    v
+                },
+                "unmasked",
+            ),
+            (
+                Role::Client,
+                {
+                    let mut v = Vec::new();
+                    frame(&mut v, true, Opcode::Binary, b"a", Some([1; 4]));
+                    v
+                },
+                "masked",
+            ),
+            (
+                Role::Client,
+                {
+                    let mut v = Vec::new();
+                    frame(&mut v, true, Opcode::Continuation, b"a", None);
+                    v
+                },
+                "continuation",
+            ),
+            (
+                Role::Client,
+                {
+                    let mut v = Vec::new();
+                    frame(&mut v, false, Opcode::Binary, b"a", None);
+                    frame(&mut v, true, Opcode::Binary, b"b", None);
+                    v
+                },
+                "inside a fragmented",
+            ),
+            (
+                Role::Client,
+                {
+                    let mut v = Vec::new();
+                    frame(
+                        &mut v,
+                        true,
+                        Opcode::Binary,
+                        &vec![0; MAX_MESSAGE_SIZE + 1],
+                        None,
+                    );
+                    v
+                },
+                "maximum",
+            ),
+        ];
+        for (role, input, want) in cases {
+            let mut s = socket(role, input, 1000, &[]);
+            let got = drain(&mut s);
+            assert!(
+                got.len() == 1 && got[0].contains(want),
+                "{got:?} lacks {want}"
+            );
+        }
+        // Fragments adding up past the maximum.
+        let mut v = Vec::new();
+        frame(
+            &mut v,
+            false,
+            Opcode::Binary,
+            &vec![0; MAX_MESSAGE_SIZE],
+            None,
+        );
+        frame(&mut v, true, Opcode::Continuation, b"!", None);
+        let got = drain(&mut socket(Role::Client, v, 100_000, &[]));
+        assert!(got[0].contains("maximum"), "{got:?}");
+        // The stream ending mid-frame.
+        let mut v = Vec::new();
+        frame(&mut v, true, Opcode::Binary, b"abc", None);
+        v.pop();
+        assert_eq!(
+            drain(&mut socket(Role::Client, v, 1, &[])),
+            ["error: connection closed by the peer"]
+        );
+    }
+
+    #[test]
+    fn a_client_masks_and_a_server_does_not() {
+        for role in [Role::Client, Role::Server] {
+            let mut s = socket(role, Vec::new(), 1, &[]);
+            s.send_binary(b"hello");
+            s.send_ping();
+            assert!(s.unflushed());
+            futures_lite::future::block_on(s.close()).unwrap();
+            assert!(!s.unflushed());
+            // Read it back as the other side would.
+            let other = match role {
+                Role::Client => Role::Server,
+                Role::Server => Role::Client,
+            };
+            let out = s.get_ref().output.clone();
+            assert_eq!(out[1] & 0x80 != 0, role == Role::Client);
+            assert_eq!(drain(&mut socket(other, out, 3, &[])), ["hello", "close"]);
+        }
+    }
+}
