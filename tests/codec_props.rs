@@ -1,10 +1,14 @@
 //! Property tests for the codecs: encode→decode round trips for arbitrary valid values, and
-//! decoders that never panic on arbitrary bytes.
+//! decoders that never panic on arbitrary bytes (WebSocket frames included, read through a
+//! link's socket).
 
 use bytes::{Bytes, BytesMut};
+use ilp_connector::btp::socket::{Incoming, Role, Socket};
+use ilp_connector::btp::MAX_MESSAGE_SIZE;
 use ilp_connector::codec::btp::{self, BtpBody, BtpPacket, ProtocolData};
 use ilp_connector::codec::ilp::rewrite_prepare;
 use ilp_connector::codec::oer::Reader;
+use ilp_connector::codec::websocket::{encode_frame, parse_header, Opcode};
 use ilp_connector::codec::{
     validate_address, validate_prefix, ErrorCode, Fulfill, FulfillFields, GeneralizedTime, Packet,
     Prepare, PrepareFields, Reject, RejectFields, Timestamp,
@@ -177,5 +181,52 @@ proptest! {
                 let _ = Packet::decode(ilp);
             }
         }
+    }
+}
+
+/// Every message a socket in `role` finds in `input` (as if one read had brought it all),
+/// until the input runs out or is refused.
+fn websocket_messages(role: Role, input: &[u8]) -> (Vec<Vec<u8>>, bool) {
+    let mut s = Socket::new(futures_lite::io::Cursor::new(Vec::new()), role, input);
+    let mut messages = Vec::new();
+    loop {
+        match s.next_buffered() {
+            Ok(Some(Incoming::Binary(b))) => messages.push(b.to_vec()),
+            Ok(Some(Incoming::Close)) | Ok(None) => return (messages, true),
+            Err(_) => return (messages, false),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn websocket_frames_round_trip(payloads in prop::collection::vec(data(70_000), 1..4),
+                                   masked: bool, key: [u8; 4]) {
+        let mut wire = Vec::new();
+        for p in &payloads {
+            encode_frame(&mut wire, Opcode::Binary, p, masked.then_some(key));
+        }
+        // A server reads masked frames; a client reads unmasked ones.
+        let role = if masked { Role::Server } else { Role::Client };
+        let (got, ok) = websocket_messages(role, &wire);
+        let fitting: Vec<&Vec<u8>> = payloads.iter().take_while(|p| p.len() <= MAX_MESSAGE_SIZE).collect();
+        prop_assert_eq!(got.len(), fitting.len());
+        for (g, p) in got.iter().zip(fitting) {
+            prop_assert_eq!(g, p);
+        }
+        // Refused exactly when a message is over the limit.
+        prop_assert_eq!(ok, payloads.iter().all(|p| p.len() <= MAX_MESSAGE_SIZE));
+        let first = parse_header(&wire, usize::MAX).unwrap().unwrap();
+        prop_assert_eq!(first.payload_len, payloads[0].len());
+        prop_assert_eq!(first.mask, masked.then_some(key));
+    }
+
+    #[test]
+    fn websocket_reader_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512),
+                                     server: bool, max in 0usize..300) {
+        let _ = parse_header(&bytes, max);
+        let _ = websocket_messages(if server { Role::Server } else { Role::Client }, &bytes);
     }
 }

@@ -31,8 +31,12 @@
 //! `ping_interval` of silence it sends a ping, and if nothing arrives within `pong_timeout`
 //! after that, it closes the link. It also keeps [`Link::idle_for`] (coarse, tick-grained).
 //!
+//! The socket ([`Socket`]) hands over every message one read brought; the task handles them
+//! all, then writes what they produced for this peer before reading again, so a peer that
+//! keeps sending cannot hold back its own answers.
+//!
 //! Frame buffers are recycled: the link task keeps a handle to each frame it writes, and once
-//! tungstenite has copied it into the socket buffer the handle is the only one left, so the
+//! the socket has copied it into its write buffer the handle is the only one left, so the
 //! buffer goes back to the link's spare list ([`Link::frame_buf`]). In steady state, frames
 //! cost no allocation.
 //!
