@@ -912,7 +912,9 @@ where
             Event::In(incoming) => incoming,
         };
         inner.heard.set(true);
-        // This message, then every other one the same read brought, while reading is allowed.
+        // This message, then every other one the same read brought, while reading is allowed:
+        // one batch, one clock reading.
+        let batch = crate::clock::batch();
         loop {
             match incoming {
                 Ok(Incoming::Binary(data)) => match handle_frame(&link, data, &handler) {
@@ -931,6 +933,7 @@ where
                 Err(e) => Err(e),
             };
         }
+        drop(batch);
         // What that batch produced for this peer (answers, a pong the socket queued) goes out
         // before the next read: a peer that keeps sending cannot hold back its own answers.
         if (ws.unflushed() || !inner.queue.borrow().is_empty())

@@ -252,6 +252,16 @@ impl BtpPacket {
         self.ilp_span().map(|s| self.buf.slice(s.range()))
     }
 
+    /// The `ilp` entry's data, keeping the frame's buffer handle (no reference count taken
+    /// or dropped, unlike [`ilp`](Self::ilp) followed by dropping the packet).
+    pub fn into_ilp(self) -> Option<Bytes> {
+        let span = self.ilp_span()?.range();
+        let mut buf = self.buf;
+        buf.truncate(span.end);
+        bytes::Buf::advance(&mut buf, span.start);
+        Some(buf)
+    }
+
     pub fn as_bytes(&self) -> &Bytes {
         &self.buf
     }

@@ -134,19 +134,18 @@ impl Shard {
     /// One MESSAGE from `link`: answered now, relayed, or given to a worker.
     fn on_message(self: &Rc<Self>, link: &Link, packet: BtpPacket, load: &Rc<Cell<usize>>) {
         let request_id = packet.request_id();
-        let Some(ilp) = packet.ilp() else {
-            let mut out = link.frame_buf(16);
-            btpc::encode(&mut out, request_id, BtpBody::Response, &[]);
-            let _ = link.send(out.freeze());
-            return;
-        };
         let cid = packet.entry(CORRELATION_ENTRY).map(|e| {
             let mut c = [b'0'; 16];
             let n = e.data.len().min(16);
             c[..n].copy_from_slice(&e.data[..n]);
             c
         });
-        drop(packet);
+        let Some(ilp) = packet.into_ilp() else {
+            let mut out = link.frame_buf(16);
+            btpc::encode(&mut out, request_id, BtpBody::Response, &[]);
+            let _ = link.send(out.freeze());
+            return;
+        };
         let mut incoming = self.begin(cid, load, &ilp);
         let route = match self.route(link.peer_id(), ilp, &mut incoming) {
             Ok(r) => r,
@@ -240,7 +239,7 @@ impl Shard {
     fn begin(&self, cid: Option<[u8; 16]>, load: &Rc<Cell<usize>>, ilp: &[u8]) -> Incoming {
         self.metrics.packet_started();
         Incoming {
-            started: Instant::now(),
+            started: crate::clock::instant(),
             cid: cid.or_else(|| {
                 tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(ilp))
             }),
@@ -255,7 +254,9 @@ impl Shard {
             let load = &incoming.load;
             load.set(load.get().saturating_sub(1));
         }
-        let latency_us = incoming.started.elapsed().as_micros() as u64;
+        let latency_us = crate::clock::instant()
+            .saturating_duration_since(incoming.started)
+            .as_micros() as u64;
         if answer.ccp {
             self.metrics.ccp_message_done();
         } else {
@@ -322,7 +323,7 @@ impl Shard {
             tracing::debug!(nodeId = %cfg.node_id, component = "handler", event = "packet_received",
                 correlationId = %c, from = %source, destination = %prepare.destination_str(), amount = prepare.amount());
         }
-        let now = Timestamp::now();
+        let now = crate::clock::timestamp();
         let timing = Timing {
             margin_ms: cfg.expiry_margin_ms as i64,
             max_hold_ms: cfg.max_hold_time_ms as i64,
@@ -452,7 +453,7 @@ impl Shard {
                 self.log_forwarded(incoming, &route);
                 link.request_until(frame, route.deadline, out.reserved.out_amount)
                     .await
-                    .map(|r| r.ilp())
+                    .map(BtpPacket::into_ilp)
             }
             Via::Shard(shard) => {
                 let buf = BytesMut::with_capacity(out.prepare.as_bytes().len() + 64);
@@ -463,7 +464,7 @@ impl Shard {
                 let (amount, next_hop) = (out.reserved.out_amount, route.next_hop.clone());
                 self.hand_over(*shard, next_hop, frame, route.deadline, amount)
                     .await
-                    .map(|r| r.ilp())
+                    .map(BtpPacket::into_ilp)
             }
         };
         let expires = route.out.prepare.expires_at();
@@ -493,7 +494,7 @@ impl Shard {
         let ilp = match result {
             Ok(ilp) => ilp,
             Err(e) => {
-                let r = rules::reject_for_link_error(&e, Timestamp::now(), out.expires_at);
+                let r = rules::reject_for_link_error(&e, crate::clock::timestamp(), out.expires_at);
                 return (self.refuse(r), None);
             }
         };
@@ -555,7 +556,7 @@ impl AnswerSink for Shard {
         let Some(r) = self.relayed.borrow_mut().try_remove(key) else {
             return;
         };
-        let (answer, _) = self.settle(result.map(|p| p.ilp()), r.out);
+        let (answer, _) = self.settle(result.map(BtpPacket::into_ilp), r.out);
         self.reply(&r.from, r.request_id, r.incoming, answer);
     }
 }
