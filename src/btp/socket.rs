@@ -3,14 +3,15 @@
 //!
 //! Reading: one read takes whatever arrived (often a batch of frames) into the read buffer;
 //! each complete binary message is split off as `Bytes` sharing that buffer, unmasked in
-//! place: no copy, no zero-filling. Pings are answered (the pong is queued for the next
+//! place: no copy, no zero-filling. Pings are answered (the pong goes out with the next
 //! flush), pongs dropped, text ignored (BTP is binary), fragments reassembled; a close is
 //! answered and reported.
 //! Writing: frames are encoded (masked when we are the client) into one write buffer, which
 //! [`Socket::flush`] writes out with as few system calls as the socket allows.
 //!
 //! Invariants: a peer cannot grow the read buffer past one message ([`MAX_MESSAGE_SIZE`]) plus
-//! one read; a frame that breaks RFC 6455 (reserved bits, unknown opcode, bad control frame,
+//! one read, nor the write buffer by pinging: only the pong to the latest ping waits for the
+//! next flush (RFC 6455 §5.5.3 allows that), however many pings arrive meanwhile; a frame that breaks RFC 6455 (reserved bits, unknown opcode, bad control frame,
 //! wrong masking for its direction, stray continuation) is an error, after which the owner
 //! only closes the socket; the write buffer holds what the owner queued since its last flush.
 
@@ -77,6 +78,8 @@ pub struct Socket<S> {
     wbuf: Vec<u8>,
     /// How much of `wbuf` is already written.
     written: usize,
+    /// The latest ping's payload, to be answered by the next flush.
+    pong: Option<BytesMut>,
     close_sent: bool,
 }
 
@@ -86,6 +89,7 @@ impl<S> std::fmt::Debug for Socket<S> {
             .field("role", &self.role)
             .field("buffered_in", &self.rbuf.len())
             .field("queued_out", &(self.wbuf.len() - self.written))
+            .field("pong_due", &self.pong.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +107,7 @@ where
             partial: None,
             wbuf: Vec::new(),
             written: 0,
+            pong: None,
             close_sent: false,
         }
     }
@@ -171,15 +176,11 @@ where
                         return Ok(Some(Incoming::Binary(message.freeze())));
                     }
                 }
-                Opcode::Ping => self.queue(Opcode::Pong, &payload),
+                Opcode::Ping => self.pong = Some(payload),
                 Opcode::Pong => {}
                 Opcode::Close => {
-                    if !self.close_sent {
-                        // Echo the status code, as RFC 6455 §5.5.1 suggests.
-                        let code = payload.get(..2).unwrap_or(&[]);
-                        self.queue(Opcode::Close, code);
-                        self.close_sent = true;
-                    }
+                    // Echo the status code, as RFC 6455 §5.5.1 suggests.
+                    self.queue_close(payload.get(..2).unwrap_or(&[]));
                     return Ok(Some(Incoming::Close));
                 }
             }
@@ -221,6 +222,18 @@ where
         encode_frame(&mut self.wbuf, opcode, payload, mask);
     }
 
+    /// Queues the pong that is due, then our close frame (once).
+    fn queue_close(&mut self, payload: &[u8]) {
+        if self.close_sent {
+            return;
+        }
+        if let Some(ping) = self.pong.take() {
+            self.queue(Opcode::Pong, &ping);
+        }
+        self.queue(Opcode::Close, payload);
+        self.close_sent = true;
+    }
+
     /// Queues a binary message (written by the next [`flush`](Self::flush)).
     pub fn send_binary(&mut self, payload: &[u8]) {
         self.queue(Opcode::Binary, payload);
@@ -233,11 +246,14 @@ where
 
     /// Something is queued and not yet written.
     pub fn unflushed(&self) -> bool {
-        self.written < self.wbuf.len()
+        self.written < self.wbuf.len() || self.pong.is_some()
     }
 
     /// Writes everything queued. Cancel-safe: what was written is not written again.
     pub async fn flush(&mut self) -> Result<(), SocketError> {
+        if let Some(payload) = self.pong.take() {
+            self.queue(Opcode::Pong, &payload);
+        }
         while self.written < self.wbuf.len() {
             let n = self.io.write(&self.wbuf[self.written..]).await?;
             if n == 0 {
@@ -256,10 +272,7 @@ where
 
     /// Sends a close (unless one was sent), writes what is queued and shuts the stream down.
     pub async fn close(&mut self) -> Result<(), SocketError> {
-        if !self.close_sent {
-            self.queue(Opcode::Close, &1000u16.to_be_bytes());
-            self.close_sent = true;
-        }
+        self.queue_close(&1000u16.to_be_bytes());
         self.flush().await?;
         self.io.close().await?;
         Ok(())
@@ -389,6 +402,45 @@ mod tests {
             );
             assert_eq!(s.get_ref().output, expected);
         }
+    }
+
+    #[test]
+    fn a_ping_flood_leaves_one_pong() {
+        let mut input = Vec::new();
+        for i in 0..10_000u32 {
+            frame(
+                &mut input,
+                true,
+                Opcode::Ping,
+                &i.to_be_bytes(),
+                Some([1, 2, 3, 4]),
+            );
+        }
+        frame(
+            &mut input,
+            true,
+            Opcode::Binary,
+            b"after",
+            Some([1, 2, 3, 4]),
+        );
+        let mut s = socket(Role::Server, input, 100_000, &[]);
+        let got = futures_lite::future::block_on(s.next()).unwrap();
+        assert!(matches!(got, Incoming::Binary(b) if &b[..] == b"after"));
+        assert!(s.wbuf.is_empty(), "nothing queued per ping");
+        futures_lite::future::block_on(s.flush()).unwrap();
+        let mut expected = Vec::new();
+        frame(
+            &mut expected,
+            true,
+            Opcode::Pong,
+            &9_999u32.to_be_bytes(),
+            None,
+        );
+        assert_eq!(
+            s.get_ref().output,
+            expected,
+            "only the latest ping is answered"
+        );
     }
 
     #[test]
