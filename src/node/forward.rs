@@ -3,8 +3,8 @@
 //! **Run to completion.** A BTP MESSAGE is handled on the task of the link that read it
 //! ([`Shard::on_message`]): admission, rules, route lookup, reservations, then the frame is
 //! encoded into the next hop's link queue with [`Link::relay`]. Nobody waits for the answer:
-//! the Prepare's state (incoming link, its request id, the decoded Prepare, the reservation,
-//! timing) sits in the shard's `relayed` slab, and whichever task learns the outcome (the
+//! the Prepare's state (incoming link, its request id, its condition, the reservation,
+//! timing: nothing of the incoming frame, see [`Pledge`]) sits in the shard's `relayed` slab, and whichever task learns the outcome (the
 //! outgoing link's task reading the RESPONSE, the deadline driver, a failing link) calls
 //! [`AnswerSink::answered`], which settles it and queues the answer on the incoming link.
 //! Steady state: no task hand-off, no wake-up of a third task, no allocation (slab entries
@@ -64,6 +64,27 @@ struct Outgoing {
     expires_at: Timestamp,
 }
 
+impl Outgoing {
+    /// What is kept once the Prepare has been sent (the frame it came in can go).
+    fn pledge(self) -> Pledge {
+        Pledge {
+            condition: *self.prepare.execution_condition(),
+            reserved: self.reserved,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What settling a forwarded Prepare needs: the condition its Fulfill must meet, the
+/// reservation to commit or release, the outgoing expiry (for our Reject if the next hop
+/// fails). It holds no part of the incoming frame, so the link's read buffer is free for
+/// reuse as soon as a batch has been forwarded.
+struct Pledge {
+    condition: [u8; 32],
+    reserved: Reserved,
+    expires_at: Timestamp,
+}
+
 /// How the Prepare leaves this shard.
 enum Via {
     Link(Link),
@@ -86,7 +107,7 @@ pub(super) struct Relayed {
     from: Link,
     request_id: u32,
     incoming: Incoming,
-    out: Outgoing,
+    pledge: Pledge,
 }
 
 /// What a Prepare is answered with: the ILP Fulfill or Reject, and the Reject's code.
@@ -189,11 +210,11 @@ impl Shard {
             from: from.clone(),
             request_id,
             incoming,
-            out: route.out,
+            pledge: route.out.pledge(),
         });
         if let Err(e) = out.relay(frame, route.deadline, amount, self.sink(), key) {
             let r = self.relayed.borrow_mut().remove(key);
-            let (answer, _) = self.settle(Err(e), r.out);
+            let (answer, _) = self.settle(Err(e), r.pledge);
             self.reply(&r.from, r.request_id, r.incoming, answer);
         }
     }
@@ -468,7 +489,7 @@ impl Shard {
             }
         };
         let expires = route.out.prepare.expires_at();
-        let (answer, seq) = self.settle(result, route.out);
+        let (answer, seq) = self.settle(result, route.out.pledge());
         if let Some(seq) = seq {
             self.until_durable(seq, expires).await;
         }
@@ -489,30 +510,29 @@ impl Shard {
     fn settle(
         &self,
         result: Result<Option<Bytes>, LinkError>,
-        out: Outgoing,
+        pledge: Pledge,
     ) -> (Answer, Option<u64>) {
         let ilp = match result {
             Ok(ilp) => ilp,
             Err(e) => {
-                let r = rules::reject_for_link_error(&e, crate::clock::timestamp(), out.expires_at);
+                let r =
+                    rules::reject_for_link_error(&e, crate::clock::timestamp(), pledge.expires_at);
                 return (self.refuse(r), None);
             }
         };
         match ilp.map(Packet::decode) {
-            Some(Ok(Packet::Fulfill(f))) => {
-                match rules::check_fulfill(out.prepare.execution_condition(), &f) {
-                    Ok(()) => {
-                        let seq = out.reserved.commit();
-                        let answer = Answer {
-                            ilp: f.into_bytes(),
-                            reject: None,
-                            ccp: false,
-                        };
-                        (answer, seq)
-                    }
-                    Err(r) => (self.refuse(r), None),
+            Some(Ok(Packet::Fulfill(f))) => match rules::check_fulfill(&pledge.condition, &f) {
+                Ok(()) => {
+                    let seq = pledge.reserved.commit();
+                    let answer = Answer {
+                        ilp: f.into_bytes(),
+                        reject: None,
+                        ccp: false,
+                    };
+                    (answer, seq)
                 }
-            }
+                Err(r) => (self.refuse(r), None),
+            },
             Some(Ok(Packet::Reject(r))) => {
                 let answer = Answer {
                     reject: Some(r.code()),
@@ -556,7 +576,7 @@ impl AnswerSink for Shard {
         let Some(r) = self.relayed.borrow_mut().try_remove(key) else {
             return;
         };
-        let (answer, _) = self.settle(result.map(BtpPacket::into_ilp), r.out);
+        let (answer, _) = self.settle(result.map(BtpPacket::into_ilp), r.pledge);
         self.reply(&r.from, r.request_id, r.incoming, answer);
     }
 }
