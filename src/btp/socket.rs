@@ -443,59 +443,43 @@ mod tests {
         );
     }
 
+    /// The frames `(fin, opcode, payload, mask)`, one after the other.
+    fn frames(list: &[(bool, Opcode, &[u8], Option<[u8; 4]>)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for &(fin, opcode, payload, mask) in list {
+            frame(&mut v, fin, opcode, payload, mask);
+        }
+        v
+    }
+
     #[test]
     fn refuses_what_breaks_the_protocol() {
+        use Opcode::{Binary, Continuation};
+        let too_long = vec![0; MAX_MESSAGE_SIZE + 1];
         let cases: [(Role, Vec<u8>, &str); 5] = [
             (
                 Role::Server,
-                {
-                    let mut v = Vec::new();
-                    frame(&mut v, true, Opcode::Binary, b"a", None);
-                    v
-                },
+                frames(&[(true, Binary, b"a", None)]),
                 "unmasked",
             ),
             (
                 Role::Client,
-                {
-                    let mut v = Vec::new();
-                    frame(&mut v, true, Opcode::Binary, b"a", Some([1; 4]));
-                    v
-                },
+                frames(&[(true, Binary, b"a", Some([1; 4]))]),
                 "masked",
             ),
             (
                 Role::Client,
-                {
-                    let mut v = Vec::new();
-                    frame(&mut v, true, Opcode::Continuation, b"a", None);
-                    v
-                },
+                frames(&[(true, Continuation, b"a", None)]),
                 "continuation",
             ),
             (
                 Role::Client,
-                {
-                    let mut v = Vec::new();
-                    frame(&mut v, false, Opcode::Binary, b"a", None);
-                    frame(&mut v, true, Opcode::Binary, b"b", None);
-                    v
-                },
+                frames(&[(false, Binary, b"a", None), (true, Binary, b"b", None)]),
                 "inside a fragmented",
             ),
             (
                 Role::Client,
-                {
-                    let mut v = Vec::new();
-                    frame(
-                        &mut v,
-                        true,
-                        Opcode::Binary,
-                        &vec![0; MAX_MESSAGE_SIZE + 1],
-                        None,
-                    );
-                    v
-                },
+                frames(&[(true, Binary, &too_long, None)]),
                 "maximum",
             ),
         ];
@@ -508,20 +492,15 @@ mod tests {
             );
         }
         // Fragments adding up past the maximum.
-        let mut v = Vec::new();
-        frame(
-            &mut v,
-            false,
-            Opcode::Binary,
-            &vec![0; MAX_MESSAGE_SIZE],
-            None,
-        );
-        frame(&mut v, true, Opcode::Continuation, b"!", None);
+        let max = vec![0; MAX_MESSAGE_SIZE];
+        let v = frames(&[
+            (false, Binary, &max, None),
+            (true, Continuation, b"!", None),
+        ]);
         let got = drain(&mut socket(Role::Client, v, 100_000, &[]));
         assert!(got[0].contains("maximum"), "{got:?}");
         // The stream ending mid-frame.
-        let mut v = Vec::new();
-        frame(&mut v, true, Opcode::Binary, b"abc", None);
+        let mut v = frames(&[(true, Binary, b"abc", None)]);
         v.pop();
         assert_eq!(
             drain(&mut socket(Role::Client, v, 1, &[])),

@@ -4,9 +4,10 @@
 //! ([`Shard::on_message`]): admission, rules, route lookup, reservations, then the frame is
 //! encoded into the next hop's link queue with [`Link::relay`]. Nobody waits for the answer:
 //! the Prepare's state (incoming link, its request id, its condition, the reservation,
-//! timing: nothing of the incoming frame, see [`Pledge`]) sits in the shard's `relayed` slab, and whichever task learns the outcome (the
-//! outgoing link's task reading the RESPONSE, the deadline driver, a failing link) calls
-//! [`AnswerSink::answered`], which settles it and queues the answer on the incoming link.
+//! timing; nothing of the incoming frame, see [`Pledge`]) sits in the shard's `relayed`
+//! slab, and whichever task learns the outcome (the outgoing link's task reading the
+//! RESPONSE, the deadline driver, a failing link) calls [`AnswerSink::answered`], which
+//! settles it and queues the answer on the incoming link.
 //! Steady state: no task hand-off, no wake-up of a third task, no allocation (slab entries
 //! and frame buffers are reused).
 //!
