@@ -443,8 +443,11 @@ mod tests {
         );
     }
 
-    /// The frames `(fin, opcode, payload, mask)`, one after the other.
-    fn frames(list: &[(bool, Opcode, &[u8], Option<[u8; 4]>)]) -> Vec<u8> {
+    /// A frame to build: `(fin, opcode, payload, mask)`.
+    type Spec<'a> = (bool, Opcode, &'a [u8], Option<[u8; 4]>);
+
+    /// The frames, one after the other.
+    fn frames(list: &[Spec<'_>]) -> Vec<u8> {
         let mut v = Vec::new();
         for &(fin, opcode, payload, mask) in list {
             frame(&mut v, fin, opcode, payload, mask);
