@@ -895,3 +895,51 @@ fn failed_logins_are_uniform_and_throttled_per_address() {
     let refused = answers[4].as_ref().unwrap_err();
     assert!(refused.starts_with("connection failed"), "{refused}");
 }
+
+/// A child that keeps the node's socket full (8 000 Prepares in flight, more than a link's
+/// queue of 4 096) must not keep the shard's other links from running. Before a link task
+/// yielded after a turn of frames, every read found data at once, the next hop's link never
+/// got to write, and about half of such a flood was refused with T02 (its queue full).
+#[test]
+fn a_flooding_child_does_not_starve_its_next_hop() {
+    let _serial = serial();
+    let f = Fulfiller::start("n", "secret-r", Mode::Fulfill);
+    let node = start(&format!(
+        "nodeId: n\nilpAddress: test.n\nbtpServerPort: 0\nshards: 1\nmaxInFlightPerPeer: 1000000\npeers:\n  - {{id: sender, relation: child, authToken: secret-s}}\n  - {{id: r, relation: child, url: \"{}\", authToken: secret-r}}\n",
+        f.url()
+    ));
+    let url = format!("ws://127.0.0.1:{}", node.btp_port());
+    const IN_FLIGHT: usize = 8_000;
+    const ROUNDS: usize = 4;
+    let outcomes = run_local(move || async move {
+        let s = Rc::new(
+            SenderLink::connect(&url, "sender", "secret-s")
+                .await
+                .unwrap(),
+        );
+        let seen: Rc<std::cell::RefCell<std::collections::HashMap<String, usize>>> = Rc::default();
+        let tasks: Vec<_> = (0..IN_FLIGHT)
+            .map(|_| {
+                let (s, seen) = (s.clone(), seen.clone());
+                glommio::spawn_local(async move {
+                    for _ in 0..ROUNDS {
+                        let r = s.send("test.n.r.flood", 1, 20_000, b"flood").await;
+                        *seen.borrow_mut().entry(code(&r)).or_default() += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        seen.take()
+    });
+    let total: usize = outcomes.values().sum();
+    assert_eq!(total, IN_FLIGHT * ROUNDS, "{outcomes:?}");
+    let fulfilled = outcomes.get("fulfilled").copied().unwrap_or(0);
+    // A few T02 at the very start of the burst are fine; half of the flood is not.
+    assert!(
+        fulfilled * 100 >= total * 95,
+        "only {fulfilled} of {total} fulfilled: {outcomes:?}"
+    );
+}

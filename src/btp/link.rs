@@ -33,7 +33,9 @@
 //!
 //! The socket ([`Socket`]) hands over every message one read brought; the task handles them
 //! all, then writes what they produced for this peer before reading again, so a peer that
-//! keeps sending cannot hold back its own answers.
+//! keeps sending cannot hold back its own answers; and after [`FRAMES_PER_TURN`] frames
+//! without once waiting for its socket it yields, so such a peer cannot keep the shard's
+//! other links (its next hops among them) from running.
 //!
 //! Frame buffers are recycled: the link task keeps a handle to each frame it writes, and once
 //! the socket has copied it into its write buffer the handle is the only one left, so the
@@ -628,6 +630,12 @@ enum Event {
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 64;
 
+/// Frames a link task handles without ever waiting for its socket before it lets the shard's
+/// other tasks run. While its peer keeps the socket full, every read finds data at once and
+/// the task would never wait: the other links of the shard (among them the one its Prepares
+/// go out on) would not run, and the Prepares would pile up in that link's queue (T02).
+const FRAMES_PER_TURN: usize = 256;
+
 /// Smallest new frame buffer (a typical Prepare frame fits, so recycled buffers rarely grow).
 const MIN_FRAME_BUF: usize = 512;
 
@@ -882,6 +890,7 @@ where
 {
     let inner = link.0.clone();
     keep_alive(&inner);
+    let mut this_turn = 0;
     'run: loop {
         if inner.closing.get() {
             // Write what is queued (answers the peer is owed), then close.
@@ -893,9 +902,20 @@ where
             break;
         }
         let ev = if inner.may_read() {
-            futures_lite::future::or(async { Event::In(ws.next().await) }, async {
-                outbound_ready(&inner, true).await;
-                Event::Out
+            let mut next = std::pin::pin!(futures_lite::future::or(
+                async { Event::In(ws.next().await) },
+                async {
+                    outbound_ready(&inner, true).await;
+                    Event::Out
+                }
+            ));
+            // Had to wait: the shard's other tasks ran meanwhile.
+            std::future::poll_fn(|cx| {
+                let ev = std::future::Future::poll(next.as_mut(), cx);
+                if ev.is_pending() {
+                    this_turn = 0;
+                }
+                ev
             })
             .await
         } else {
@@ -916,6 +936,7 @@ where
         // one batch, one clock reading.
         let batch = crate::clock::batch();
         loop {
+            this_turn += 1;
             match incoming {
                 Ok(Incoming::Binary(data)) => match handle_frame(&link, data, &handler) {
                     FrameOutcome::Done => {}
@@ -940,6 +961,10 @@ where
             && write_batch(&mut ws, &inner).await.is_err()
         {
             break;
+        }
+        if this_turn >= FRAMES_PER_TURN {
+            this_turn = 0;
+            futures_lite::future::yield_now().await;
         }
     }
     inner.closed.set(true);
