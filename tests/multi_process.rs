@@ -190,6 +190,22 @@ fn second_process_on_the_same_port_exits_2() {
     stop(c, "C");
 }
 
+/// Links `peer` has to the node, summed over its shards (from `/peers`).
+fn links_of(admin_port: u16, peer: &str) -> u64 {
+    process::admin_get(admin_port, "/peers")
+        .and_then(|peers| {
+            peers.as_array()?.iter().find(|p| p["id"] == peer).map(|p| {
+                p["linksPerShard"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_u64())
+                    .sum()
+            })
+        })
+        .unwrap_or(0)
+}
+
 /// Voluntary context switches of the process's `ilp-shard-*` threads so far.
 fn shard_wakeups(pid: u32) -> u64 {
     let mut total = 0;
@@ -228,14 +244,7 @@ fn idle_shards_do_not_poll() {
     .unwrap();
     let node = process::start(&path, &[]);
     wait_for("the link to the receiver", || {
-        process::admin_get(node.admin_port, "/peers").is_some_and(|peers| {
-            peers.as_array().into_iter().flatten().any(|p| {
-                p["id"] == "receiver"
-                    && p["linksPerShard"]
-                        .as_array()
-                        .is_some_and(|l| l.iter().any(|n| n.as_u64() > Some(0)))
-            })
-        })
+        links_of(node.admin_port, "receiver") > 0
     });
     // 30 idle links from the sender, held open until the measurement is done.
     let (url, (done_tx, done_rx)) = (
@@ -259,14 +268,7 @@ fn idle_shards_do_not_poll() {
         })
     });
     wait_for("30 links from the sender", || {
-        process::admin_get(node.admin_port, "/peers").is_some_and(|peers| {
-            peers.as_array().into_iter().flatten().any(|p| {
-                p["id"] == "sender"
-                    && p["linksPerShard"]
-                        .as_array()
-                        .is_some_and(|l| l.iter().filter_map(|n| n.as_u64()).sum::<u64>() == 30)
-            })
-        })
+        links_of(node.admin_port, "sender") == 30
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = node.child.id();

@@ -948,10 +948,9 @@ where
             if !inner.may_read() {
                 break;
             }
-            incoming = match ws.next_buffered() {
-                Ok(Some(m)) => Ok(m),
-                Ok(None) => break,
-                Err(e) => Err(e),
+            incoming = match ws.next_buffered().transpose() {
+                Some(next) => next,
+                None => break,
             };
         }
         drop(batch);

@@ -59,10 +59,11 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
-    /// Tells the shards to stop (they drain, then end).
-    pub(crate) fn stop_shards(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+    /// Tells the shards to stop (they drain, then end); whether they had been told already.
+    pub(crate) fn stop_shards(&self) -> bool {
+        let already = self.stopping.swap(true, Ordering::SeqCst);
         self.changed.notify();
+        already
     }
 }
 
@@ -261,7 +262,7 @@ impl ConnectorNode {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = port_tx.send(Err(e.to_string()));
-                            shared.stop_shards();
+                            let _ = shared.stop_shards();
                             return;
                         }
                     };
@@ -291,7 +292,7 @@ impl ConnectorNode {
                                 }
                                 Err(e) => {
                                     let _ = port_tx.send(Err(format!("HTTP port {p}: {e}")));
-                                    shared.stop_shards();
+                                    let _ = shared.stop_shards();
                                     return;
                                 }
                             }
@@ -317,7 +318,7 @@ impl ConnectorNode {
                     http_port = http_port.or(h);
                 }
                 Ok(Err(reason)) => {
-                    shared.stop_shards();
+                    let _ = shared.stop_shards();
                     let _ = threads.join_all();
                     return Err(StartError::Bind {
                         port: configured_port,
@@ -327,7 +328,7 @@ impl ConnectorNode {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // A shard thread ended before binding: its executor could not start
                     // (e.g. RLIMIT_MEMLOCK below what io_uring needs). Report why.
-                    shared.stop_shards();
+                    let _ = shared.stop_shards();
                     let reason = threads
                         .join_all()
                         .into_iter()
@@ -336,7 +337,7 @@ impl ConnectorNode {
                     return Err(StartError::Executor(reason));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    shared.stop_shards();
+                    let _ = shared.stop_shards();
                     return Err(StartError::Executor("shards did not start in time".into()));
                 }
             }
@@ -349,7 +350,7 @@ impl ConnectorNode {
             None => match PortLock::take(btp_port) {
                 Ok(l) => Some(l),
                 Err(reason) => {
-                    shared.stop_shards();
+                    let _ = shared.stop_shards();
                     let _ = threads.join_all();
                     return Err(StartError::Bind {
                         port: btp_port,
@@ -441,10 +442,9 @@ impl ConnectorNode {
 
     /// Stops accepting, drains in-flight packets (bounded), closes links, joins the shards.
     pub fn stop(&mut self) {
-        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+        if self.shared.stop_shards() {
             return;
         }
-        self.shared.changed.notify();
         if let Some(t) = self.threads.take() {
             let _ = t.join_all();
         }
