@@ -261,7 +261,11 @@ fn idle_shards_do_not_poll() {
                         .unwrap(),
                 );
             }
-            while done_rx.try_recv().is_err() {
+            // Until told, or until the test has gone (its sender dropped).
+            while matches!(
+                done_rx.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Empty)
+            ) {
                 glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             }
             drop(links);
