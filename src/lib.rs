@@ -4,6 +4,7 @@
 //! time as a batch of packets sees it.
 pub mod accounts;
 pub mod admin;
+pub mod alarm;
 pub mod btp;
 pub mod clock;
 pub mod codec;

@@ -118,7 +118,7 @@ impl Deadlines {
             let now = Instant::now();
             let sleep = next.map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
             if !sleep.is_zero() {
-                let _ = super::within(sleep, wake.recv()).await;
+                let _ = crate::alarm::within(sleep, wake.recv()).await;
             }
             self.fire_due(Instant::now());
         }

@@ -716,7 +716,7 @@ async fn sweep() {
         }) else {
             return;
         };
-        glommio::timer::sleep(tick).await;
+        crate::alarm::sleep(tick).await;
         let now = Instant::now();
         SWEEP.with(|s| {
             for k in s.borrow_mut().links.iter_mut().filter(|k| k.next <= now) {

@@ -173,7 +173,7 @@ async fn serve_connection(
 /// answered.
 async fn until_idle(seen: Rc<Cell<Instant>>, busy: Rc<Cell<usize>>, idle: Duration) {
     loop {
-        glommio::timer::sleep(IDLE_CHECK.min(idle)).await;
+        crate::alarm::sleep(IDLE_CHECK.min(idle)).await;
         if busy.get() == 0 && seen.get().elapsed() >= idle {
             return;
         }

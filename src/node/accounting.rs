@@ -340,11 +340,11 @@ impl ShardAccounts {
         let interval = Duration::from_millis(self.book().sync_interval_ms);
         loop {
             let dirty = match &self.journal {
-                Some(j) => crate::btp::within(LEASE_TICK, j.wait_dirty())
+                Some(j) => crate::alarm::within(LEASE_TICK, j.wait_dirty())
                     .await
                     .is_some(),
                 None => {
-                    glommio::timer::sleep(LEASE_TICK).await;
+                    crate::alarm::sleep(LEASE_TICK).await;
                     false
                 }
             };
@@ -355,7 +355,7 @@ impl ShardAccounts {
                 break;
             }
             if dirty && relaxed {
-                glommio::timer::sleep(interval).await;
+                crate::alarm::sleep(interval).await;
             }
             self.flush().await;
         }

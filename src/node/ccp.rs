@@ -169,7 +169,7 @@ pub async fn run(
         return;
     }
     while !stopping() {
-        glommio::timer::sleep(TICK).await;
+        crate::alarm::sleep(TICK).await;
         let now = millis(&shared);
         let (outgoing, changed) = {
             let mut guard = shared.ccp.lock().unwrap_or_else(|e| e.into_inner());

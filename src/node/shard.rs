@@ -542,7 +542,7 @@ impl Shard {
             let until = Instant::now() + Duration::from_millis(delay);
             while Instant::now() < until && !done() {
                 let left = until.saturating_duration_since(Instant::now());
-                if let Some(now) = crate::btp::within(left, signal.changed(seen)).await {
+                if let Some(now) = crate::alarm::within(left, signal.changed(seen)).await {
                     seen = now;
                 }
             }
@@ -566,7 +566,7 @@ impl Shard {
                 } else {
                     500
                 };
-                glommio::timer::sleep(Duration::from_millis(every)).await;
+                crate::alarm::sleep(Duration::from_millis(every)).await;
                 continue;
             };
             let bound = Duration::from_millis(self.node.config.send_timeout_ms);
@@ -581,7 +581,7 @@ impl Shard {
                     failures += 1;
                     tracing::warn!(nodeId = %self.node.config.node_id, component = "connector", event = "ildcp_failed",
                         parent = %parent, error = %e, retry_in_ms = wait);
-                    glommio::timer::sleep(Duration::from_millis(wait)).await;
+                    crate::alarm::sleep(Duration::from_millis(wait)).await;
                 }
             }
         }
