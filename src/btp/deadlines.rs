@@ -113,12 +113,16 @@ impl Deadlines {
         };
         // Poll the stop flag at least this often while idle (an earlier deadline pokes).
         const IDLE: Duration = Duration::from_secs(1);
+        // Shortest sleep: deadlines closer together than this fire together, up to this
+        // late, so a stalled next hop with many requests in flight wakes the shard at most
+        // a thousand times a second (each wake comes from the alarm thread).
+        const MIN_SLEEP: Duration = Duration::from_millis(1);
         while !stop() {
             let next = self.heap.borrow().peek().map(|Reverse(e)| e.at);
             let now = Instant::now();
             let sleep = next.map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
             if !sleep.is_zero() {
-                let _ = crate::alarm::within(sleep, wake.recv()).await;
+                let _ = crate::alarm::within(sleep.max(MIN_SLEEP), wake.recv()).await;
             }
             self.fire_due(Instant::now());
         }
