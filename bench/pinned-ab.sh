@@ -1,0 +1,74 @@
+#!/bin/bash
+# Pinned A/B of two connector builds (or `relay`, the glommio byte relay) on one hop: the
+# target alone on core 1, fulfiller and sender on core 0, alternating rounds, medians.
+# Besides the load row it reads the target's user and system CPU from /proc/<pid>/stat around
+# each run (divided by the measured packets, warm-up included: compare them only with each
+# other). This 2-vCPU VM drifts by ~20 % within minutes, so compare builds only within one
+# invocation.
+#
+#   bash bench/pinned-ab.sh <binary|relay> <binary|relay> <rounds> [ilp-bench load args]
+#   (default load args: --concurrency 64 --duration 3)
+set -euo pipefail
+A=$1 B=$2 N=$3
+shift 3
+ARGS=("$@")
+[ ${#ARGS[@]} -eq 0 ] && ARGS=(--concurrency 64 --duration 3)
+BENCH=$(dirname "$0")/../target/release/ilp-bench
+
+one() { # one <binary|relay>: prints "<name> <load row> usr_ns N sys_ns N"
+  local bin=$1 d fp cp port
+  d=$(mktemp -d)
+  if [ "$bin" = relay ]; then
+    taskset -c 0 "$BENCH" fulfiller --user sender --token bench-token >"$d/f" & fp=$!
+  else
+    taskset -c 0 "$BENCH" fulfiller --user connector-a --token secret-r >"$d/f" & fp=$!
+  fi
+  for _ in $(seq 50); do grep -q '[0-9]' "$d/f" 2>/dev/null && break; sleep 0.1; done
+  local fport; fport=$(head -1 "$d/f" | grep -o '[0-9]*$')
+  if [ "$bin" = relay ]; then
+    taskset -c 1 "$BENCH" relay --to "ws://127.0.0.1:$fport" >"$d/out" 2>&1 & cp=$!
+  else
+    cat >"$d/a.yaml" <<Y
+nodeId: connector-a
+ilpAddress: test.a
+btpServerPort: 0
+shards: 1
+logLevel: warn
+maxInFlightPerShard: 1000000
+maxInFlightPerPeer: 1000000
+peers:
+  - {id: sender, relation: child, authToken: bench-token}
+  - {id: receiver, relation: child, url: "ws://127.0.0.1:$fport", authToken: secret-r}
+Y
+    taskset -c 1 "$bin" run --config "$d/a.yaml" >"$d/out" 2>&1 & cp=$!
+  fi
+  port=
+  for _ in $(seq 50); do
+    port=$(grep -o "port [0-9]*" "$d/out" | head -1 | cut -d" " -f2 || true)
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  sleep 1
+  local u0 s0 u1 s1 row pk
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$cp/stat")
+  row=$(taskset -c 0 "$BENCH" load --url "ws://127.0.0.1:$port" --user sender --token bench-token \
+    --destination test.a.receiver.bench --pid "$cp" --warmup 1 "${ARGS[@]}" | grep -E "^load ")
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$cp/stat")
+  pk=$(echo "$row" | awk '{print $5}')
+  echo "$(basename "$bin") $row usr_ns $(((u1 - u0) * 10000000 / pk)) sys_ns $(((s1 - s0) * 10000000 / pk))"
+  kill "$cp" "$fp" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$d"
+}
+
+OUT=$(mktemp)
+for _ in $(seq "$N"); do
+  for bin in "$A" "$B"; do one "$bin" | tee -a "$OUT"; done
+done
+med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+for bin in "$A" "$B"; do
+  n=$(basename "$bin")
+  col() { grep "^$n " "$OUT" | awk "{print \$$1}" | med; }
+  echo "$n median: cpu/pkt $(col 13) µs, usr $(col 18) ns, sys $(col 20) ns, packets/s $(col 7), p50 $(col 8) µs, p99 $(col 10) µs"
+done
+rm -f "$OUT"
