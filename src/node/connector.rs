@@ -262,7 +262,7 @@ impl ConnectorNode {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = port_tx.send(Err(e.to_string()));
-                            let _ = shared.stop_shards();
+                            shared.stop_shards();
                             return;
                         }
                     };
@@ -292,7 +292,7 @@ impl ConnectorNode {
                                 }
                                 Err(e) => {
                                     let _ = port_tx.send(Err(format!("HTTP port {p}: {e}")));
-                                    let _ = shared.stop_shards();
+                                    shared.stop_shards();
                                     return;
                                 }
                             }
@@ -318,7 +318,7 @@ impl ConnectorNode {
                     http_port = http_port.or(h);
                 }
                 Ok(Err(reason)) => {
-                    let _ = shared.stop_shards();
+                    shared.stop_shards();
                     let _ = threads.join_all();
                     return Err(StartError::Bind {
                         port: configured_port,
@@ -328,7 +328,7 @@ impl ConnectorNode {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // A shard thread ended before binding: its executor could not start
                     // (e.g. RLIMIT_MEMLOCK below what io_uring needs). Report why.
-                    let _ = shared.stop_shards();
+                    shared.stop_shards();
                     let reason = threads
                         .join_all()
                         .into_iter()
@@ -337,7 +337,7 @@ impl ConnectorNode {
                     return Err(StartError::Executor(reason));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = shared.stop_shards();
+                    shared.stop_shards();
                     return Err(StartError::Executor("shards did not start in time".into()));
                 }
             }
@@ -350,7 +350,7 @@ impl ConnectorNode {
             None => match PortLock::take(btp_port) {
                 Ok(l) => Some(l),
                 Err(reason) => {
-                    let _ = shared.stop_shards();
+                    shared.stop_shards();
                     let _ = threads.join_all();
                     return Err(StartError::Bind {
                         port: btp_port,
