@@ -6,25 +6,14 @@
 set -u
 BIN=$(realpath "$1"); shift; TMP=$(mktemp -d)
 cd "$(dirname "$0")/.."
+. bench/one-hop.sh
 B=target/release/ilp-bench
 $B fulfiller --user connector-a --token secret-r > "$TMP/ful.out" 2>&1 &
 FP=$!
 sleep 0.5
 FPORT=$(head -1 "$TMP/ful.out" | grep -o '[0-9]*$')
 ADMIN=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat > "$TMP/node.yaml" <<Y
-nodeId: connector-a
-ilpAddress: test.a
-btpServerPort: 0
-healthCheckPort: $ADMIN
-shards: 1
-logLevel: warn
-maxInFlightPerShard: 1000000
-maxInFlightPerPeer: 1000000
-peers:
-  - {id: sender, relation: child, authToken: bench-token}
-  - {id: receiver, relation: child, url: "ws://127.0.0.1:$FPORT", authToken: secret-r}
-Y
+one_hop_config "$TMP/node.yaml" "$FPORT" "healthCheckPort: $ADMIN"
 "$BIN" run --config "$TMP/node.yaml" > "$TMP/node.out" 2>&1 &
 CP=$!
 sleep 1.5

@@ -14,6 +14,7 @@ shift 3
 ARGS=("$@")
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(--concurrency 64 --duration 3)
 BENCH=$(dirname "$0")/../target/release/ilp-bench
+. "$(dirname "$0")/one-hop.sh"
 
 one() { # one <binary|relay>: prints "<name> <load row> usr_ns N sys_ns N"
   local bin=$1 d fp cp port
@@ -28,18 +29,7 @@ one() { # one <binary|relay>: prints "<name> <load row> usr_ns N sys_ns N"
   if [ "$bin" = relay ]; then
     taskset -c 1 "$BENCH" relay --to "ws://127.0.0.1:$fport" >"$d/out" 2>&1 & cp=$!
   else
-    cat >"$d/a.yaml" <<Y
-nodeId: connector-a
-ilpAddress: test.a
-btpServerPort: 0
-shards: 1
-logLevel: warn
-maxInFlightPerShard: 1000000
-maxInFlightPerPeer: 1000000
-peers:
-  - {id: sender, relation: child, authToken: bench-token}
-  - {id: receiver, relation: child, url: "ws://127.0.0.1:$fport", authToken: secret-r}
-Y
+    one_hop_config "$d/a.yaml" "$fport"
     taskset -c 1 "$bin" run --config "$d/a.yaml" >"$d/out" 2>&1 & cp=$!
   fi
   port=
