@@ -50,6 +50,7 @@
 //! peer's MESSAGE ids are only echoed.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -157,7 +158,9 @@ impl Outbound {
 enum Slot {
     /// A task awaits the answer ([`Link::request_until`]).
     Waiting(Option<Waker>),
-    Done(Result<BtpPacket, LinkError>),
+    /// Boxed so that every slot, relayed ones included, stays small (a decoded packet is
+    /// ~170 bytes); only awaited requests, which are off the relay path, pay for the box.
+    Done(Box<Result<BtpPacket, LinkError>>),
     /// The answer goes to `sink` under `key` ([`Link::relay`]); nobody waits.
     Relayed {
         sink: std::rc::Weak<dyn AnswerSink>,
@@ -229,14 +232,14 @@ impl LinkInner {
         result: Result<BtpPacket, LinkError>,
     ) -> Option<Result<BtpPacket, LinkError>> {
         let mut pending = self.pending.borrow_mut();
-        let Some(p) = pending.get_mut(&id) else {
+        let Entry::Occupied(mut p) = pending.entry(id) else {
             return Some(result);
         };
-        match &mut p.slot {
+        match &mut p.get_mut().slot {
             Slot::Done(_) => Some(result),
             Slot::Waiting(waker) => {
                 let waker = waker.take();
-                p.slot = Slot::Done(result);
+                p.get_mut().slot = Slot::Done(Box::new(result));
                 drop(pending);
                 self.deadlines.done();
                 if let Some(w) = waker {
@@ -245,10 +248,10 @@ impl LinkInner {
                 None
             }
             Slot::Relayed { .. } => {
-                let Some(Pending {
+                let Pending {
                     slot: Slot::Relayed { sink, key },
                     ..
-                }) = pending.remove(&id)
+                } = p.remove()
                 else {
                     return None;
                 };
@@ -474,12 +477,15 @@ impl Link {
         }
     }
 
-    fn alloc_id(&self) -> u32 {
-        let pending = self.0.pending.borrow();
+    /// Stores `p` under the next request id not in use (one probe of the map per id tried)
+    /// and returns that id.
+    fn register(&self, p: Pending) -> u32 {
+        let mut pending = self.0.pending.borrow_mut();
         loop {
             let id = self.0.next_id.get();
             self.0.next_id.set(id.wrapping_add(1));
-            if !pending.contains_key(&id) {
+            if let Entry::Vacant(slot) = pending.entry(id) {
+                slot.insert(p);
                 return id;
             }
         }
@@ -526,7 +532,7 @@ impl Link {
                     Some(Pending {
                         slot: Slot::Done(r),
                         ..
-                    }) => Poll::Ready(r),
+                    }) => Poll::Ready(*r),
                     _ => Poll::Ready(Err(LinkError::LinkLost)),
                 },
             }
@@ -569,13 +575,9 @@ impl Link {
         {
             return Err(LinkError::QueueFull);
         }
-        let id = self.alloc_id();
-        set_request_id(&mut frame, id);
         // Register before queueing: the answer may be read before the caller runs again.
-        inner
-            .pending
-            .borrow_mut()
-            .insert(id, Pending { at, amount, slot });
+        let id = self.register(Pending { at, amount, slot });
+        set_request_id(&mut frame, id);
         let weak: std::rc::Weak<dyn Expire> = Rc::downgrade(&self.0) as _;
         inner.deadlines.add(at, weak, id);
         inner.push(Outbound::Request {

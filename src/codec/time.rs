@@ -8,8 +8,14 @@
 //!   `.fffZ`, the only form the JS reference can read.
 //!
 //! No format-string parsing and no allocation: digits are read by position.
+//!
+//! The expiries a connector reads and writes fall within a few minutes of each other, so each
+//! thread remembers the last minute it converted ([`MINUTE`]): a timestamp in that minute is
+//! read or written as its first 12 digits (compared or copied) and the 5 digits `ssfff`,
+//! without the calendar arithmetic.
 
 use core::fmt;
+use std::cell::Cell;
 
 /// Length of an ILP timestamp on the wire.
 pub const ILP_TIMESTAMP_LEN: usize = 17;
@@ -28,6 +34,12 @@ pub struct CivilTime {
     pub minute: u8,
     pub second: u8,
     pub millis: u16,
+}
+
+thread_local! {
+    /// The last minute converted on this thread: its first millisecond since the epoch and
+    /// its digits `YYYYMMDDHHmm` (starts as the epoch's minute, a valid entry).
+    static MINUTE: Cell<(i64, [u8; 12])> = const { Cell::new((0, *b"197001010000")) };
 }
 
 /// Milliseconds since the epoch for 0000-01-01 and 9999-12-31T23:59:59.999, the range the
@@ -210,6 +222,23 @@ impl Timestamp {
     /// fields are assembled from them.
     pub fn parse_ilp(b: &[u8]) -> Option<Timestamp> {
         let b: &[u8; ILP_TIMESTAMP_LEN] = b.try_into().ok()?;
+        let (start, minute) = MINUTE.get();
+        if b[..12] == minute {
+            // `ssfff` read as one number is the millisecond of the minute; below 60 000 iff
+            // the second is at most 59.
+            let ms = digits(b, 12, 5)?;
+            return (ms < 60_000).then(|| Timestamp(start + i64::from(ms)));
+        }
+        let t = Self::parse_ilp_uncached(b)?;
+        let of_minute = i64::from(digits(b, 12, 5)?);
+        let mut m = [0u8; 12];
+        m.copy_from_slice(&b[..12]);
+        MINUTE.set((t.0 - of_minute, m));
+        Some(t)
+    }
+
+    /// [`parse_ilp`](Self::parse_ilp) with the calendar arithmetic, always.
+    fn parse_ilp_uncached(b: &[u8; ILP_TIMESTAMP_LEN]) -> Option<Timestamp> {
         let mut d = [0u8; ILP_TIMESTAMP_LEN];
         let mut bad = false;
         for (slot, &c) in d.iter_mut().zip(b) {
@@ -237,6 +266,22 @@ impl Timestamp {
 
     /// Writes the 17-digit ILP form (always exactly 17 bytes).
     pub fn write_ilp(self, out: &mut [u8; ILP_TIMESTAMP_LEN]) {
+        let (start, minute) = MINUTE.get();
+        // Both within the 17-digit range: the difference cannot overflow.
+        let of_minute = self.0 - start;
+        if (0..60_000).contains(&of_minute) {
+            out[..12].copy_from_slice(&minute);
+            write_digits(&mut out[12..], of_minute as u32);
+            return;
+        }
+        self.write_ilp_uncached(out);
+        let mut m = [0u8; 12];
+        m.copy_from_slice(&out[..12]);
+        MINUTE.set((self.0 - self.0.rem_euclid(60_000), m));
+    }
+
+    /// [`write_ilp`](Self::write_ilp) with the calendar arithmetic, always.
+    fn write_ilp_uncached(self, out: &mut [u8; ILP_TIMESTAMP_LEN]) {
         let c = self.to_civil();
         c.write_date_time(&mut out[..14]);
         write_digits(&mut out[14..], u32::from(c.millis));
@@ -352,6 +397,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The minute cache gives what the calendar arithmetic gives, for neighbouring and far
+    /// apart times in any order, and refuses a bad second or digit inside a cached minute.
+    #[test]
+    fn cached_minute_agrees_with_calendar() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let base = 1_795_000_000_000i64;
+        for i in 0..20_000 {
+            let t = match i % 3 {
+                0 => base + (rand() % 600_000) as i64,
+                1 => MIN_MS + (rand() % (MAX_MS - MIN_MS) as u64) as i64,
+                _ => base + (i as i64) * 7,
+            };
+            let t = Timestamp::from_unix_millis(t);
+            let mut cached = [0u8; ILP_TIMESTAMP_LEN];
+            let mut plain = [0u8; ILP_TIMESTAMP_LEN];
+            t.write_ilp(&mut cached);
+            t.write_ilp_uncached(&mut plain);
+            assert_eq!(cached, plain, "{t:?}");
+            assert_eq!(Timestamp::parse_ilp(&plain), Some(t));
+            assert_eq!(
+                Timestamp::parse_ilp(&plain),
+                Timestamp::parse_ilp_uncached(&plain)
+            );
+        }
+        // The minute of the last parse is cached: a bad tail in it is still refused.
+        let t = Timestamp::parse_ilp(b"20261128101500123").unwrap();
+        assert_eq!(
+            Timestamp::parse_ilp(b"20261128101559999").unwrap().0,
+            t.0 + 59_876
+        );
+        assert_eq!(Timestamp::parse_ilp(b"20261128101560000"), None);
+        assert_eq!(Timestamp::parse_ilp(b"2026112810150012x"), None);
+        assert_eq!(Timestamp::parse_ilp(b"20261128101599999"), None);
     }
 
     #[test]

@@ -33,15 +33,18 @@ use crate::accounts::limits::{Lease, Sharing};
 use crate::accounts::settings::{Dec, Durability};
 use crate::accounts::{Account, Book};
 use crate::codec::ErrorCode;
+use crate::config::Relation;
 
 /// How often an idle shard hands its leases back to the pools.
 const LEASE_TICK: Duration = Duration::from_millis(100);
 /// A shard's journal is compacted to one record once it grows past this.
 const COMPACT_AT: u64 = 16 << 20;
 
-/// What the shard knows about one peer for accounting.
+/// What the shard knows about one peer for accounting (and whether it is our child: the
+/// one other fact the packet path needs about its source, looked up with these).
 #[derive(Debug, Clone, Copy)]
-struct Terms {
+pub struct Terms {
+    pub child: bool,
     /// Index into `assets`.
     asset: u32,
     max_packet: Option<u64>,
@@ -123,7 +126,8 @@ impl ShardAccounts {
         self.terms.borrow_mut().clear();
     }
 
-    fn terms(&self, peer: &str) -> Terms {
+    /// The terms of `peer` (cached until the peer set changes).
+    pub fn terms(&self, peer: &str) -> Terms {
         if let Some(t) = self.terms.borrow().get(peer) {
             return *t;
         }
@@ -154,6 +158,9 @@ impl ShardAccounts {
             }
         };
         let t = Terms {
+            child: entry
+                .as_ref()
+                .is_some_and(|e| e.config.relation == Relation::Child),
             asset,
             max_packet: entry.as_ref().and_then(|e| e.config.max_packet_amount()),
             account: self.book().index_of(peer),
@@ -182,14 +189,14 @@ impl ShardAccounts {
         f
     }
 
-    /// Checks and reserves a Prepare of `amount` from `source` to `next_hop`.
+    /// Checks and reserves a Prepare of `amount` from the source whose terms are `src` to
+    /// `next_hop`.
     pub fn reserve(
         self: &Rc<Self>,
-        source: &str,
+        src: Terms,
         next_hop: &str,
         amount: u64,
     ) -> Result<Reserved, Refusal> {
-        let src = self.terms(source);
         let dst = self.terms(next_hop);
         if let Some(max) = src.max_packet {
             if amount > max {

@@ -358,10 +358,10 @@ impl Shard {
             max_hold_ms: cfg.max_hold_time_ms as i64,
             send_timeout_ms: cfg.send_timeout_ms as i64,
         };
-        let source_is_child = self.peers.borrow().children.contains(source);
+        let terms = self.accounts.terms(source);
         let decision = {
             let mut view = self.routing.borrow_mut();
-            rules::decide(&prepare, now, timing, source_is_child, |d| {
+            rules::decide(&prepare, now, timing, terms.child, |d| {
                 view.lookup(d).map(|r| r.next_hop_arc().clone())
             })
         };
@@ -399,7 +399,7 @@ impl Shard {
         // released when `reserved` is dropped on any path unless committed.
         let reserved = self
             .accounts
-            .reserve(source, &next_hop, prepare.amount())
+            .reserve(terms, &next_hop, prepare.amount())
             .map_err(|r| self.refuse(r))?;
         // An ILP-over-HTTP peer, else a link on this shard, else the shard that has one,
         // else T01 now.

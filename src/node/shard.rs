@@ -40,7 +40,6 @@ use crate::btp::link::{self, AnswerSink, Link, LinkConfig};
 use crate::btp::server::accept_peer;
 use crate::btp::throttle::AuthThrottle;
 use crate::btp::LinkError;
-use crate::config::Relation;
 use crate::http::client::HttpPeerClient;
 use crate::routing::RoutingView;
 
@@ -63,8 +62,6 @@ pub(super) struct PeerView {
     generation: Option<u64>,
     /// Tokens of peers that dial us.
     creds: Rc<Vec<Credential>>,
-    /// Ids of peers with relation `child` (ILDCP is served only to them), looked up per packet.
-    pub(super) children: ahash::AHashSet<String>,
     /// Peers this shard runs a dial loop for.
     dialing: Vec<Arc<PeerEntry>>,
     /// Tokens of every peer, for ILP-over-HTTP requests (the token names the peer).
@@ -142,7 +139,7 @@ impl Shard {
         shard
     }
 
-    /// Re-reads the peer set if it changed: credentials, children, dial loops for new peers
+    /// Re-reads the peer set if it changed: credentials, dial loops for new peers
     /// with a `url`, and closes links to removed peers.
     fn refresh_peers(self: &Rc<Self>) {
         let generation = self.node.peers.generation();
@@ -162,11 +159,6 @@ impl Shard {
                 })
                 .collect(),
         );
-        view.children = all
-            .iter()
-            .filter(|p| p.config.relation == Relation::Child)
-            .map(|p| p.id().to_owned())
-            .collect();
         view.http_creds = Rc::new(
             all.iter()
                 .filter_map(|p| Some(Credential::new(p.id(), p.config.auth_token.as_deref()?)))
