@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use super::deadlines::{Deadlines, Expire};
+use super::deadlines::{Deadlines, Expire, Ticket};
 use super::socket::{Incoming, Socket, SocketError};
 use super::{within, LinkError};
 use crate::codec::btp::{self, set_request_id, BtpType};
@@ -177,6 +177,8 @@ impl Slot {
 
 struct Pending {
     at: Instant,
+    /// Its deadline's record, dropped when it is answered.
+    ticket: Ticket,
     /// The Prepare's amount, reported if its Fulfill comes after we gave up.
     amount: u64,
     slot: Slot,
@@ -239,9 +241,11 @@ impl LinkInner {
             Slot::Done(_) => Some(result),
             Slot::Waiting(waker) => {
                 let waker = waker.take();
-                p.get_mut().slot = Slot::Done(Box::new(result));
+                let p = p.get_mut();
+                p.slot = Slot::Done(Box::new(result));
+                let ticket = p.ticket;
                 drop(pending);
-                self.deadlines.done();
+                self.deadlines.done(ticket);
                 if let Some(w) = waker {
                     w.wake();
                 }
@@ -250,6 +254,7 @@ impl LinkInner {
             Slot::Relayed { .. } => {
                 let Pending {
                     slot: Slot::Relayed { sink, key },
+                    ticket,
                     ..
                 } = p.remove()
                 else {
@@ -257,7 +262,7 @@ impl LinkInner {
                 };
                 // No borrow held: the sink writes to other links (or this one).
                 drop(pending);
-                self.deadlines.done();
+                self.deadlines.done(ticket);
                 if let Some(sink) = sink.upgrade() {
                     sink.answered(key, result);
                 }
@@ -355,14 +360,17 @@ impl LinkInner {
     }
 }
 
-impl Expire for LinkInner {
+impl LinkInner {
+    /// Whether request `id`, registered with deadline `at`, still waits for its answer.
     fn is_pending(&self, id: u32, at: Instant) -> bool {
         self.pending
             .borrow()
             .get(&id)
             .is_some_and(|p| p.at == at && p.slot.open())
     }
+}
 
+impl Expire for LinkInner {
     fn expire(&self, id: u32, at: Instant) {
         let amount = match self.pending.borrow().get(&id) {
             Some(p) if p.at == at && p.slot.open() => p.amount,
@@ -389,11 +397,12 @@ impl Drop for SlotGuard<'_> {
         let removed = self.inner.pending.borrow_mut().remove(&self.id);
         if let Some(Pending {
             slot: Slot::Waiting(_),
+            ticket,
             ..
         }) = removed
         {
             // Given up before an answer: it no longer counts as live.
-            self.inner.deadlines.done();
+            self.inner.deadlines.done(ticket);
         }
     }
 }
@@ -477,18 +486,27 @@ impl Link {
         }
     }
 
-    /// Stores `p` under the next request id not in use (one probe of the map per id tried)
-    /// and returns that id.
-    fn register(&self, p: Pending) -> u32 {
-        let mut pending = self.0.pending.borrow_mut();
-        loop {
-            let id = self.0.next_id.get();
-            self.0.next_id.set(id.wrapping_add(1));
-            if let Entry::Vacant(slot) = pending.entry(id) {
-                slot.insert(p);
-                return id;
+    /// Registers a request under the next request id not in use (one probe of the map per
+    /// id tried), with its deadline `at` in the shard's [`Deadlines`], and returns the id.
+    fn register(&self, at: Instant, amount: u64, slot: Slot) -> u32 {
+        let inner = &*self.0;
+        let mut pending = inner.pending.borrow_mut();
+        let (id, vacant) = loop {
+            let id = inner.next_id.get();
+            inner.next_id.set(id.wrapping_add(1));
+            if let Entry::Vacant(v) = pending.entry(id) {
+                break (id, v);
             }
-        }
+        };
+        let weak: std::rc::Weak<dyn Expire> = Rc::downgrade(&self.0) as _;
+        let ticket = inner.deadlines.add(at, weak, id);
+        vacant.insert(Pending {
+            at,
+            ticket,
+            amount,
+            slot,
+        });
+        id
     }
 
     /// Sends a request frame (its request id is overwritten with one of ours) and waits for
@@ -576,10 +594,8 @@ impl Link {
             return Err(LinkError::QueueFull);
         }
         // Register before queueing: the answer may be read before the caller runs again.
-        let id = self.register(Pending { at, amount, slot });
+        let id = self.register(at, amount, slot);
         set_request_id(&mut frame, id);
-        let weak: std::rc::Weak<dyn Expire> = Rc::downgrade(&self.0) as _;
-        inner.deadlines.add(at, weak, id);
         inner.push(Outbound::Request {
             frame: frame.freeze(),
             id,
