@@ -3,8 +3,8 @@
 # target alone on core 1, fulfiller and sender on core 0, alternating rounds, medians.
 # Besides the load row it reads the target's user and system CPU from /proc/<pid>/stat around
 # each run (divided by the measured packets, warm-up included: compare them only with each
-# other). This 2-vCPU VM drifts by ~20 % within minutes, so compare builds only within one
-# invocation.
+# other), and the median over rounds of each round's B/A ratio. This 2-vCPU VM drifts by
+# ~20 % within minutes, so compare builds only within one invocation.
 #
 #   bash bench/pinned-ab.sh <binary|relay> <binary|relay> <rounds> [ilp-bench load args]
 #   (default load args: --concurrency 64 --duration 3)
@@ -61,4 +61,11 @@ for bin in "$A" "$B"; do
   col() { grep "^$n " "$OUT" | awk "{print \$$1}" | med; }
   echo "$n median: cpu/pkt $(col 13) µs, usr $(col 18) ns, sys $(col 20) ns, packets/s $(col 7), p50 $(col 8) µs, p99 $(col 10) µs"
 done
+# The machine drifts between rounds more than two builds differ: the median of each round's
+# own ratio (its B run against the A run just before it) is steadier than the ratio of medians.
+if [ "$(basename "$A")" != "$(basename "$B")" ]; then
+  pairs=$(paste -d' ' <(grep "^$(basename "$A") " "$OUT") <(grep "^$(basename "$B") " "$OUT"))
+  ratio() { echo "$pairs" | awk "{print $1}" | med; }
+  echo "B/A per round, median: cpu/pkt $(ratio '$33/$13'), usr+sys $(ratio '($38+$40)/($18+$20)'), usr $(ratio '$38/$18'), packets/s $(ratio '$27/$7')"
+fi
 rm -f "$OUT"
