@@ -3,16 +3,17 @@
 //! Layout: `type u8 | requestId u32 | length determinant | content`. Every type ends with
 //! protocolData: a var-uint count, then `name (var octets) | contentType u8 | data (var octets)`.
 //!
-//! [`BtpPacket::decode`] returns a view over the frame's `Bytes`: entries are spans into it, so
-//! the `ilp` entry can be handed on as a zero-copy slice ([`BtpPacket::ilp`]) or patched in place
-//! ([`BtpPacket::ilp_span`], [`set_request_id`]). The entry list lives inline (`SmallVec`) for
-//! the usual 1-4 entries. Types 3-5 (BTP/1.0) and unknown types are refused.
+//! [`BtpPacket::decode`] validates the whole frame and returns a view over its `Bytes`: the
+//! `ilp` entry's place is kept, so it can be handed on as a zero-copy slice
+//! ([`BtpPacket::ilp`]) or patched in place ([`BtpPacket::ilp_span`], [`set_request_id`]);
+//! the other entries and an ERROR's fields are read again from the (validated) frame when
+//! asked for. That keeps the view at 64 bytes: it is moved several times per packet, from the
+//! decoder to the link's handler and on. Types 3-5 (BTP/1.0) and unknown types are refused.
 //!
 //! An ERROR's `triggeredAt` must be a valid GeneralizedTime; its raw bytes are kept so a decoded
 //! frame re-encodes byte for byte. Frames we create use `.fffZ`.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use smallvec::SmallVec;
 
 use super::error::{DecodeError, DecodeErrorKind};
 use super::oer::{length_prefix_len, put_length, put_var_octets, put_var_uint, Reader, Span};
@@ -60,33 +61,20 @@ pub struct ProtocolData<'a> {
     pub data: &'a [u8],
 }
 
-/// Where one decoded entry's parts are in the frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct EntrySpans {
-    name: Span,
-    content_type: u8,
-    data: Span,
-}
-
-/// The ERROR-only fields, as spans into the frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ErrorSpans {
-    code: [u8; 3],
-    name: Span,
-    triggered_at: Span,
-    data: Span,
-}
-
 /// A decoded BTP packet: a view over the frame.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BtpPacket {
     buf: Bytes,
-    kind: BtpType,
-    request_id: u32,
     /// TRANSFER amount; 0 for other types.
     amount: u64,
-    error: Option<ErrorSpans>,
-    entries: SmallVec<[EntrySpans; 4]>,
+    request_id: u32,
+    /// Where the protocolData entries start (after their count) and how many there are.
+    entries_at: u32,
+    entries: u32,
+    /// The first `ilp` entry's data; `start == end == 0` if there is none (an entry's data
+    /// never starts at offset 0).
+    ilp: Span,
+    kind: BtpType,
 }
 
 /// The ERROR fields of a decoded packet.
@@ -127,35 +115,25 @@ impl BtpPacket {
         let request_id = r.read_u32()?;
         let mut c = r.read_var_reader()?;
         let mut amount = 0;
-        let mut error = None;
         match kind {
             BtpType::Error => {
-                let code = *c.read_array::<3>()?;
-                let name = c.read_var_span()?;
-                let triggered_at = c.read_var_span()?;
-                if GeneralizedTime::parse(&buf[triggered_at.range()]).is_none() {
+                let e = read_error(&mut c)?;
+                if GeneralizedTime::parse(&buf[e.triggered_at.range()]).is_none() {
                     return Err(DecodeError::new(
                         DecodeErrorKind::InvalidGeneralizedTime,
-                        triggered_at.start as usize,
+                        e.triggered_at.start as usize,
                     ));
                 }
-                let data = c.read_var_span()?;
-                if data.len() > MAX_ERROR_DATA_LEN {
+                if e.data.len() > MAX_ERROR_DATA_LEN {
                     return Err(DecodeError::new(
                         DecodeErrorKind::TooLong {
                             field: "error data",
-                            len: data.len(),
+                            len: e.data.len(),
                             max: MAX_ERROR_DATA_LEN,
                         },
-                        data.start as usize,
+                        e.data.start as usize,
                     ));
                 }
-                error = Some(ErrorSpans {
-                    code,
-                    name,
-                    triggered_at,
-                    data,
-                });
             }
             BtpType::Transfer => amount = c.read_u64()?,
             BtpType::Response | BtpType::Message => {}
@@ -163,34 +141,33 @@ impl BtpPacket {
         let count_at = c.offset();
         let count = c.read_var_uint()?;
         // Each entry takes at least 3 bytes; refuse counts the input cannot hold before
-        // looping (and so before growing the entry list).
+        // looping.
         if count > (c.remaining() / 3) as u64 {
             return Err(DecodeError::new(
                 DecodeErrorKind::TooManyEntries(count),
                 count_at,
             ));
         }
-        let mut entries = SmallVec::new();
+        let entries_at = c.offset() as u32;
+        let mut ilp = Span { start: 0, end: 0 };
         for _ in 0..count {
-            let name = c.read_var_span()?;
-            let content_type = c.read_u8()?;
-            let data = c.read_var_span()?;
-            entries.push(EntrySpans {
-                name,
-                content_type,
-                data,
-            });
+            let e = read_entry(&mut c)?;
+            if ilp.end == 0 && &buf[e.name.range()] == b"ilp" {
+                ilp = e.data;
+            }
         }
         let end = r.offset();
         let mut buf = buf;
         buf.truncate(end);
         Ok(BtpPacket {
             buf,
-            kind,
-            request_id,
             amount,
-            error,
-            entries,
+            request_id,
+            entries_at,
+            // At most a third of the frame's length, which fits in u32 (checked above).
+            entries: count as u32,
+            ilp,
+            kind,
         })
     }
 
@@ -208,8 +185,16 @@ impl BtpPacket {
     }
 
     pub fn error(&self) -> Option<BtpErrorRef<'_>> {
-        self.error.as_ref().map(|e| BtpErrorRef {
-            code: &e.code,
+        if self.kind != BtpType::Error {
+            return None;
+        }
+        // Validated by `decode`: these reads cannot fail.
+        let mut r = Reader::new(&self.buf);
+        r.read_array::<5>().ok()?;
+        let mut c = r.read_var_reader().ok()?;
+        let e = read_error(&mut c).ok()?;
+        Some(BtpErrorRef {
+            code: e.code,
             name: &self.buf[e.name.range()],
             triggered_at: &self.buf[e.triggered_at.range()],
             data: &self.buf[e.data.range()],
@@ -217,21 +202,21 @@ impl BtpPacket {
     }
 
     pub fn len_entries(&self) -> usize {
-        self.entries.len()
+        self.entries as usize
     }
 
     /// The protocolData entries in order.
     pub fn entries(&self) -> impl ExactSizeIterator<Item = ProtocolData<'_>> + '_ {
-        self.entries.iter().map(|e| ProtocolData {
-            name: &self.buf[e.name.range()],
-            content_type: e.content_type,
-            data: &self.buf[e.data.range()],
-        })
+        Entries {
+            buf: &self.buf,
+            r: Reader::at(&self.buf, self.entries_at as usize),
+            left: self.entries as usize,
+        }
     }
 
     /// The primary (first) entry's name.
     pub fn primary_name(&self) -> Option<&[u8]> {
-        self.entries.first().map(|e| &self.buf[e.name.range()])
+        self.entries().next().map(|e| e.name)
     }
 
     /// The first entry with this name.
@@ -241,10 +226,7 @@ impl BtpPacket {
 
     /// Where the `ilp` entry's data is in the frame.
     pub fn ilp_span(&self) -> Option<Span> {
-        self.entries
-            .iter()
-            .find(|e| &self.buf[e.name.range()] == b"ilp")
-            .map(|e| e.data)
+        (self.ilp.end != 0).then_some(self.ilp)
     }
 
     /// The `ilp` entry's data as a zero-copy slice of the frame.
@@ -276,10 +258,72 @@ impl core::fmt::Debug for BtpPacket {
         f.debug_struct("BtpPacket")
             .field("kind", &self.kind)
             .field("request_id", &self.request_id)
-            .field("entries", &self.entries.len())
+            .field("entries", &self.entries)
             .finish()
     }
 }
+
+/// An entry's parts, as spans into the frame.
+struct EntrySpans {
+    name: Span,
+    content_type: u8,
+    data: Span,
+}
+
+fn read_entry(c: &mut Reader<'_>) -> Result<EntrySpans, DecodeError> {
+    Ok(EntrySpans {
+        name: c.read_var_span()?,
+        content_type: c.read_u8()?,
+        data: c.read_var_span()?,
+    })
+}
+
+/// The ERROR fields, as spans into the frame.
+struct ErrorSpans<'a> {
+    code: &'a [u8; 3],
+    name: Span,
+    triggered_at: Span,
+    data: Span,
+}
+
+fn read_error<'a>(c: &mut Reader<'a>) -> Result<ErrorSpans<'a>, DecodeError> {
+    Ok(ErrorSpans {
+        code: c.read_array::<3>()?,
+        name: c.read_var_span()?,
+        triggered_at: c.read_var_span()?,
+        data: c.read_var_span()?,
+    })
+}
+
+/// The entries of a decoded (so validated) frame, read again in order.
+struct Entries<'a> {
+    buf: &'a [u8],
+    r: Reader<'a>,
+    left: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = ProtocolData<'a>;
+
+    fn next(&mut self) -> Option<ProtocolData<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let e = read_entry(&mut self.r).ok()?;
+        Some(ProtocolData {
+            name: &self.buf[e.name.range()],
+            content_type: e.content_type,
+            data: &self.buf[e.data.range()],
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Entries<'_> {}
 
 /// Overwrites the request id of an encoded BTP packet in place.
 pub fn set_request_id(frame: &mut [u8], request_id: u32) -> bool {
@@ -458,6 +502,49 @@ pub fn error_name(code: &[u8; 3]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The view is moved from the decoder to the handler and on several times per packet:
+    /// keep it to one cache line.
+    #[test]
+    fn decoded_packet_fits_a_cache_line() {
+        assert!(std::mem::size_of::<BtpPacket>() <= 64);
+    }
+
+    /// Entries and ERROR fields read again from the frame give what was encoded.
+    #[test]
+    fn entries_and_error_fields_read_back() {
+        let entries = [
+            ProtocolData {
+                name: b"correlationId",
+                content_type: CONTENT_TEXT_UTF8,
+                data: b"abc",
+            },
+            ProtocolData {
+                name: b"ilp",
+                content_type: CONTENT_OCTET_STREAM,
+                data: b"\x0c\x01\x02",
+            },
+            ProtocolData {
+                name: b"ilp",
+                content_type: CONTENT_OCTET_STREAM,
+                data: b"second",
+            },
+        ];
+        let mut out = BytesMut::new();
+        encode(&mut out, 9, BtpBody::Message, &entries);
+        let p = BtpPacket::decode(out.freeze()).unwrap();
+        assert_eq!(p.len_entries(), 3);
+        assert_eq!(p.entries().len(), 3);
+        assert_eq!(p.entries().collect::<Vec<_>>(), entries);
+        assert_eq!(p.primary_name(), Some(&b"correlationId"[..]));
+        assert_eq!(p.entry(b"ilp").unwrap().data, b"\x0c\x01\x02");
+        assert_eq!(&p.ilp().unwrap()[..], b"\x0c\x01\x02");
+        assert!(p.error().is_none());
+        let mut out = BytesMut::new();
+        encode(&mut out, 9, BtpBody::Response, &[]);
+        let p = BtpPacket::decode(out.freeze()).unwrap();
+        assert!(p.ilp_span().is_none() && p.entries().next().is_none());
+    }
 
     #[test]
     fn huge_entry_count_is_refused_before_looping() {

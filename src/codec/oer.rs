@@ -54,6 +54,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A reader of `buf` from `pos` on (offsets and spans stay relative to `buf`).
+    pub fn at(buf: &'a [u8], pos: usize) -> Self {
+        Self {
+            buf,
+            pos: pos.min(buf.len()),
+            base: 0,
+        }
+    }
+
     /// Absolute offset of the next byte to be read.
     #[inline(always)]
     pub fn offset(&self) -> usize {
