@@ -238,6 +238,21 @@ pub fn put_length(out: &mut impl BufMut, len: usize) {
     }
 }
 
+/// Writes a canonical length determinant at the front of `out` (at least 9 bytes) and returns
+/// how many bytes it took.
+#[inline]
+pub fn write_length(out: &mut [u8], len: usize) -> usize {
+    if len < 0x80 {
+        out[0] = len as u8;
+        1
+    } else {
+        let n = byte_len(len as u64);
+        out[0] = 0x80 | n as u8;
+        out[1..=n].copy_from_slice(&(len as u64).to_be_bytes()[8 - n..]);
+        1 + n
+    }
+}
+
 /// Writes a length-prefixed octet string.
 #[inline]
 pub fn put_var_octets(out: &mut impl BufMut, data: &[u8]) {

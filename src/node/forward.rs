@@ -601,11 +601,6 @@ fn cannot_rewrite(shard: &Shard) -> Answer {
 /// frame, so nothing is copied twice). Request id 0: the link sets its own.
 fn encode_forward(mut frame: BytesMut, out: &Outgoing, cid: Option<&[u8; 16]>) -> Option<BytesMut> {
     let prepare = out.prepare.as_bytes();
-    let ilp_entry = ProtocolData {
-        name: b"ilp",
-        content_type: CONTENT_OCTET_STREAM,
-        data: prepare,
-    };
     match cid {
         Some(c) => btpc::encode(
             &mut frame,
@@ -617,10 +612,14 @@ fn encode_forward(mut frame: BytesMut, out: &Outgoing, cid: Option<&[u8; 16]>) -
                     content_type: btpc::CONTENT_TEXT_UTF8,
                     data: c,
                 },
-                ilp_entry,
+                ProtocolData {
+                    name: b"ilp",
+                    content_type: CONTENT_OCTET_STREAM,
+                    data: prepare,
+                },
             ],
         ),
-        None => btpc::encode(&mut frame, 0, BtpBody::Message, &[ilp_entry]),
+        None => btpc::encode_ilp(&mut frame, btpc::BtpType::Message, 0, prepare),
     }
     let at = frame.len() - prepare.len();
     rewrite_prepare(&mut frame[at..], out.reserved.out_amount, out.expires_at).ok()?;
