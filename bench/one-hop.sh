@@ -12,3 +12,16 @@ one_hop_config() {
     echo "  - {id: receiver, relation: child, url: \"ws://127.0.0.1:$fport\", authToken: secret-r}"
   } >"$file"
 }
+
+# The BTP port a node (or relay) printed to <log file>, waiting up to <tenths of a second>
+# (default 50) for it; empty if it never came.
+#   port=$(listen_port <log file> [tenths])
+listen_port() {
+  local file=$1 port=
+  for _ in $(seq "${2:-50}"); do
+    port=$(grep -o "port [0-9]*" "$file" | head -1 | cut -d" " -f2 || true)
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  echo "$port"
+}

@@ -32,12 +32,7 @@ one() { # one <binary|relay>: prints "<name> <load row> usr_ns N sys_ns N"
     one_hop_config "$d/a.yaml" "$fport"
     taskset -c 1 "$bin" run --config "$d/a.yaml" >"$d/out" 2>&1 & cp=$!
   fi
-  port=
-  for _ in $(seq 50); do
-    port=$(grep -o "port [0-9]*" "$d/out" | head -1 | cut -d" " -f2 || true)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
+  port=$(listen_port "$d/out")
   sleep 1
   local u0 s0 u1 s1 row pk
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$cp/stat")
