@@ -229,13 +229,9 @@ fn byte_len(v: u64) -> usize {
 /// Writes a canonical length determinant.
 #[inline]
 pub fn put_length(out: &mut impl BufMut, len: usize) {
-    if len < 0x80 {
-        out.put_u8(len as u8);
-    } else {
-        let n = byte_len(len as u64);
-        out.put_u8(0x80 | n as u8);
-        out.put_slice(&(len as u64).to_be_bytes()[8 - n..]);
-    }
+    let mut det = [0u8; 9];
+    let n = write_length(&mut det, len);
+    out.put_slice(&det[..n]);
 }
 
 /// Writes a canonical length determinant at the front of `out` (at least 9 bytes) and returns
