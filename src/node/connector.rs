@@ -478,28 +478,24 @@ async fn wait_for_port(resolved: &std::sync::OnceLock<u16>) -> Option<u16> {
 
 /// One node per BTP port. The shards share the port with SO_REUSEPORT, which would just as
 /// well let a second node (same user) bind it and silently take a share of the connections.
-/// So a node holds an exclusive lock on `<tmp>/ilp-connector-btp-<port>.lock` while it runs;
-/// the kernel drops it when the process ends, however it ends.
-struct PortLock(#[allow(dead_code)] std::fs::File);
+/// So a node binds the abstract Unix socket `@ilp-connector-btp-<port>` while it runs: one
+/// per network namespace, like the port itself, and the kernel drops it when the process
+/// ends, however it ends, leaving no file behind (a lock file per port would pile up in
+/// the temp directory).
+struct PortLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
 
 impl PortLock {
     fn take(port: u16) -> Result<PortLock, String> {
-        let path = std::env::temp_dir().join(format!("ilp-connector-btp-{port}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(PortLock(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-                "another node is running on this port (it holds {})",
-                path.display()
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("ilp-connector-btp-{port}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|e| format!("cannot name the lock @{name}: {e}"))?;
+        match std::os::unix::net::UnixListener::bind_addr(&addr) {
+            Ok(listener) => Ok(PortLock(listener)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+                "another node is running on this port (it holds the abstract socket @{name})"
             )),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(format!("cannot lock {}: {e}", path.display()))
-            }
+            Err(e) => Err(format!("cannot bind the lock @{name}: {e}")),
         }
     }
 }
