@@ -223,6 +223,10 @@ impl BtpPacket {
 
     /// The first entry with this name.
     pub fn entry(&self, name: &[u8]) -> Option<ProtocolData<'_>> {
+        // The usual MESSAGE has one entry, `ilp`: nothing else to look for.
+        if self.entries == 1 && self.ilp_span().is_some() && name != b"ilp" {
+            return None;
+        }
         self.entries().find(|e| e.name == name)
     }
 
@@ -569,8 +573,22 @@ mod tests {
         assert_eq!(p.entries().collect::<Vec<_>>(), entries);
         assert_eq!(p.primary_name(), Some(&b"correlationId"[..]));
         assert_eq!(p.entry(b"ilp").unwrap().data, b"\x0c\x01\x02");
+        assert_eq!(p.entry(b"correlationId").unwrap().data, b"abc");
         assert_eq!(&p.ilp().unwrap()[..], b"\x0c\x01\x02");
         assert!(p.error().is_none());
+        // Only the `ilp` entry: found, and nothing else is (answered without a scan).
+        for only in [&entries[1], &entries[0]] {
+            let mut out = BytesMut::new();
+            encode(&mut out, 9, BtpBody::Message, std::slice::from_ref(only));
+            let p = BtpPacket::decode(out.freeze()).unwrap();
+            assert_eq!(p.entry(only.name).unwrap(), *only);
+            let other: &[u8] = if only.name == b"ilp" {
+                b"correlationId"
+            } else {
+                b"ilp"
+            };
+            assert!(p.entry(other).is_none());
+        }
         let mut out = BytesMut::new();
         encode(&mut out, 9, BtpBody::Response, &[]);
         let p = BtpPacket::decode(out.freeze()).unwrap();
