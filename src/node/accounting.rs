@@ -52,6 +52,12 @@ pub struct Terms {
     throttle: Option<u16>,
 }
 
+/// One peer's [`Terms`] kept by whoever looks them up per packet (a link's handler), valid
+/// while the shard's peer set has not changed since: a generation compare instead of a map
+/// probe by peer id.
+#[derive(Debug, Default)]
+pub struct TermsCache(Cell<Option<(u64, Terms)>>);
+
 /// This shard's leases on one account's pools.
 #[derive(Debug, Default)]
 struct Leases {
@@ -66,6 +72,8 @@ pub struct ShardAccounts {
     leases: Vec<Leases>,
     /// Per peer id; cleared when the peer set changes.
     terms: RefCell<ahash::AHashMap<Box<str>, Terms>>,
+    /// Bumped when `terms` is cleared: a [`TermsCache`] of an older generation is stale.
+    terms_generation: Cell<u64>,
     assets: RefCell<Vec<Asset>>,
     factors: RefCell<ahash::AHashMap<(u32, u32), Result<Factor, String>>>,
     rates: BTreeMap<String, Decimal>,
@@ -103,6 +111,7 @@ impl ShardAccounts {
                 .map(|_| Leases::default())
                 .collect(),
             terms: RefCell::default(),
+            terms_generation: Cell::new(0),
             assets: RefCell::default(),
             factors: RefCell::default(),
             rates: config
@@ -124,6 +133,21 @@ impl ShardAccounts {
     /// Forgets what it derived from the peer set (a peer was added or removed).
     pub fn peers_changed(&self) {
         self.terms.borrow_mut().clear();
+        self.terms_generation.set(self.terms_generation.get() + 1);
+    }
+
+    /// The terms of `peer`, from `cache` if the peer set has not changed since it was filled.
+    #[inline]
+    pub fn terms_cached(&self, peer: &str, cache: &TermsCache) -> Terms {
+        let generation = self.terms_generation.get();
+        match cache.0.get() {
+            Some((g, t)) if g == generation => t,
+            _ => {
+                let t = self.terms(peer);
+                cache.0.set(Some((generation, t)));
+                t
+            }
+        }
     }
 
     /// The terms of `peer` (cached until the peer set changes).

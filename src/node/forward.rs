@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use super::accounting::Reserved;
+use super::accounting::{Reserved, TermsCache};
 use super::rules::{self, Decision, Refusal, Timing};
 use super::shard::Shard;
 use crate::btp::link::AnswerSink;
@@ -47,13 +47,23 @@ const CORRELATION_ENTRY: &[u8] = b"correlationId";
 /// Idle workers beyond this many end (the pool shrinks back after a burst).
 const MAX_IDLE_WORKERS: usize = 256;
 
+/// What the packet path keeps about one source peer on a shard, shared by its links and
+/// HTTP requests.
+#[derive(Default)]
+pub(super) struct Source {
+    /// Its Prepares in flight on this shard.
+    load: Cell<usize>,
+    /// Its accounting terms, looked up once per peer-set change rather than per packet.
+    terms: TermsCache,
+}
+
 /// A Prepare from a peer while it is being answered.
 pub(super) struct Incoming {
     started: Instant,
     /// The correlation id it came with (or, with DEBUG logs, one made from the packet).
     cid: Option<[u8; 16]>,
-    /// The source peer's in-flight count on this shard.
-    load: Rc<Cell<usize>>,
+    /// The source peer (its in-flight count on this shard is `source.load`).
+    source: Rc<Source>,
     /// Counted in `load` (it got past admission and routing).
     counted: bool,
 }
@@ -149,12 +159,12 @@ impl Shard {
     /// The handler for a link of `peer`: each MESSAGE is handled on the link's task.
     pub(super) fn handler(self: &Rc<Self>, peer: &str) -> IncomingHandler {
         let shard = self.clone();
-        let load = self.peer_load(peer);
-        Rc::new(move |link: &Link, packet: BtpPacket| shard.on_message(link, packet, &load))
+        let source = self.source(peer);
+        Rc::new(move |link: &Link, packet: BtpPacket| shard.on_message(link, packet, &source))
     }
 
     /// One MESSAGE from `link`: answered now, relayed, or given to a worker.
-    fn on_message(self: &Rc<Self>, link: &Link, packet: BtpPacket, load: &Rc<Cell<usize>>) {
+    fn on_message(self: &Rc<Self>, link: &Link, packet: BtpPacket, source: &Rc<Source>) {
         let request_id = packet.request_id();
         let cid = packet.entry(CORRELATION_ENTRY).map(|e| {
             let mut c = [b'0'; 16];
@@ -168,7 +178,7 @@ impl Shard {
             let _ = link.send(out.freeze());
             return;
         };
-        let mut incoming = self.begin(cid, load, &ilp);
+        let mut incoming = self.begin(cid, source, &ilp);
         let route = match self.route(link.peer_id(), ilp, &mut incoming) {
             Ok(r) => r,
             Err(a) => return self.reply(link, request_id, incoming, a),
@@ -245,8 +255,8 @@ impl Shard {
 
     /// An ILP-over-HTTP request from `peer` (see `crate::http::server`).
     pub(super) async fn answer_http(&self, peer: String, body: Bytes) -> Bytes {
-        let load = self.peer_load(&peer);
-        let mut incoming = self.begin(None, &load, &body);
+        let source = self.source(&peer);
+        let mut incoming = self.begin(None, &source, &body);
         let answer = match self.route(&peer, body, &mut incoming) {
             Ok(route) => self.forward(route, &incoming).await,
             Err(a) => a,
@@ -265,14 +275,14 @@ impl Shard {
     }
 
     /// A Prepare enters: counted in flight from now.
-    fn begin(&self, cid: Option<[u8; 16]>, load: &Rc<Cell<usize>>, ilp: &[u8]) -> Incoming {
+    fn begin(&self, cid: Option<[u8; 16]>, source: &Rc<Source>, ilp: &[u8]) -> Incoming {
         self.metrics.packet_started();
         Incoming {
             started: crate::clock::instant(),
             cid: cid.or_else(|| {
                 tracing::enabled!(tracing::Level::DEBUG).then(|| rules::correlation_id(ilp))
             }),
-            load: load.clone(),
+            source: source.clone(),
             counted: false,
         }
     }
@@ -280,7 +290,7 @@ impl Shard {
     /// A Prepare leaves with `answer`: metrics, the source's reject counts, its load.
     fn finish(&self, source: &str, incoming: Incoming, answer: Answer) {
         if incoming.counted {
-            let load = &incoming.load;
+            let load = &incoming.source.load;
             load.set(load.get().saturating_sub(1));
         }
         let latency_us = crate::clock::instant()
@@ -326,7 +336,7 @@ impl Shard {
                 ErrorCode::T03_CONNECTOR_BUSY,
                 "too many packets in flight on this shard",
             ))
-        } else if incoming.load.get() >= cfg.max_in_flight_per_peer {
+        } else if incoming.source.load.get() >= cfg.max_in_flight_per_peer {
             Some((
                 ErrorCode::T05_RATE_LIMITED,
                 "too many of your packets in flight",
@@ -358,7 +368,7 @@ impl Shard {
             max_hold_ms: cfg.max_hold_time_ms as i64,
             send_timeout_ms: cfg.send_timeout_ms as i64,
         };
-        let terms = self.accounts.terms(source);
+        let terms = self.accounts.terms_cached(source, &incoming.source.terms);
         let decision = {
             let mut view = self.routing.borrow_mut();
             rules::decide(&prepare, now, timing, terms.child, |d| {
@@ -423,7 +433,8 @@ impl Shard {
         // for a Fulfill still on the wire: we never give up on a Prepare that can still be
         // fulfilled.
         let wait_ms = (expires_at.unix_millis() - now.unix_millis()).max(0) + timing.grace_ms();
-        incoming.load.set(incoming.load.get() + 1);
+        let load = &incoming.source.load;
+        load.set(load.get() + 1);
         incoming.counted = true;
         Ok(Route {
             next_hop,

@@ -29,7 +29,7 @@ use slab::Slab;
 
 use super::accounting::ShardAccounts;
 use super::connector::NodeShared;
-use super::forward::{Relayed, Workers};
+use super::forward::{Relayed, Source, Workers};
 use super::handover::Handoff;
 use super::metrics::ShardMetrics;
 use super::peers::PeerEntry;
@@ -86,8 +86,8 @@ pub struct Shard {
     pub(super) workers: Workers,
     /// Prepares relayed on a link of this shard, awaiting their answer (see `forward`).
     pub(super) relayed: RefCell<Slab<Relayed>>,
-    /// Prepares in flight per source peer on this shard (shared by the peer's links).
-    peer_load: RefCell<HashMap<String, Rc<Cell<usize>>>>,
+    /// Per source peer on this shard (shared by the peer's links and HTTP requests).
+    sources: RefCell<HashMap<String, Rc<Source>>>,
     /// Accepted connections not yet authenticated.
     unauthenticated: Cell<usize>,
     /// Failed logins per remote address.
@@ -131,7 +131,7 @@ impl Shard {
             relayed: RefCell::new(Slab::new()),
             accounts: Rc::new(ShardAccounts::new(node.clone(), index)),
             node,
-            peer_load: RefCell::new(HashMap::default()),
+            sources: RefCell::new(HashMap::default()),
             unauthenticated: Cell::new(0),
             auth_throttle: RefCell::new(auth_throttle),
         });
@@ -590,9 +590,9 @@ impl Shard {
             .cloned()
     }
 
-    /// Prepares in flight from `peer` on this shard (shared by its links and HTTP requests).
-    pub(super) fn peer_load(&self, peer: &str) -> Rc<Cell<usize>> {
-        self.peer_load
+    /// What the packet path keeps about `peer` as a source on this shard.
+    pub(super) fn source(&self, peer: &str) -> Rc<Source> {
+        self.sources
             .borrow_mut()
             .entry(peer.to_owned())
             .or_default()
