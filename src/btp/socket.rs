@@ -1,9 +1,11 @@
 //! A link's WebSocket after the opening handshake: frames in and out over one byte stream,
 //! with our own buffers (tungstenite only does the handshake, see [`super::upgrade`]).
 //!
-//! Reading: one read takes whatever arrived (often a batch of frames) into the read buffer;
-//! each complete binary message is split off as `Bytes` sharing that buffer, unmasked in
-//! place: no copy, no zero-filling. Pings are answered (the pong goes out with the next
+//! Reading: one read takes whatever arrived (often a batch of frames) straight into the
+//! read buffer's free space; each complete binary message is split off as `Bytes` sharing
+//! that buffer, unmasked in place: no copy. The buffer is reused in place once its messages
+//! are dropped; a new block (zero-filled once, so reads need no zeroing) only when one is
+//! still held. Pings are answered (the pong goes out with the next
 //! flush), pongs dropped, text ignored (BTP is binary), fragments reassembled; a close is
 //! answered and reported.
 //! Writing: frames are encoded (masked when we are the client) into one write buffer, which
@@ -15,7 +17,6 @@
 //! wrong masking for its direction, stray continuation) is an error, after which the owner
 //! only closes the socket; the write buffer holds what the owner queued since its last flush.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
@@ -60,12 +61,13 @@ const READ_SIZE: usize = 16 * 1024;
 /// A write buffer grown past this (a burst of big frames) is given back after its flush.
 const MAX_IDLE_WRITE_BUF: usize = 256 * 1024;
 
-thread_local! {
-    /// What a read lands in before it is appended to a socket's read buffer: the read
-    /// buffer's free space is uninitialized, and zero-filling 16 KiB before every read cost
-    /// more than copying the few hundred bytes a read usually brings. One per thread: a
-    /// read borrows it only for the duration of one `poll_read`.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+/// A new read buffer holding `partial` with `room` bytes free, all of it initialized (see
+/// [`Socket::fill`]): zero-filled once per block, instead of before every read.
+fn read_block(partial: &[u8], room: usize) -> BytesMut {
+    let mut block = BytesMut::zeroed(partial.len() + room);
+    block.clear();
+    block.extend_from_slice(partial);
+    block
 }
 
 /// A WebSocket in its data phase over `S`.
@@ -103,7 +105,7 @@ where
         Socket {
             io,
             role,
-            rbuf: BytesMut::from(already_read),
+            rbuf: read_block(already_read, READ_SIZE),
             partial: None,
             wbuf: Vec::new(),
             written: 0,
@@ -187,29 +189,53 @@ where
         }
     }
 
-    /// Reads once from the socket into the read buffer.
+    /// Reads once from the socket into the read buffer, straight into its free space.
     async fn fill(&mut self) -> Result<(), SocketError> {
+        self.make_room();
         let n = std::future::poll_fn(|cx| {
-            SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let read = Pin::new(&mut self.io).poll_read(cx, &mut scratch);
-                if let Poll::Ready(Ok(n)) = read {
-                    let got = &scratch[..n.min(READ_SIZE)];
-                    if self.rbuf.capacity() - self.rbuf.len() < got.len() {
-                        // Room for a whole read more: one allocation per ~16 KiB read while
-                        // earlier messages still hold the old buffer, none once they are gone.
-                        self.rbuf.reserve(READ_SIZE);
-                    }
-                    self.rbuf.extend_from_slice(got);
-                }
-                read
-            })
+            let spare = self.rbuf.spare_capacity_mut();
+            let room = spare.len();
+            // SAFETY: `rbuf` is always a block from `read_block`, every byte of which was
+            // initialized (zeroed) when it was allocated; it is only ever advanced, split
+            // or reclaimed in place (`make_room`), never reallocated by `bytes`, so its
+            // free space is initialized memory, and nothing else refers to it (split-off
+            // messages end before `rbuf` starts).
+            let free = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), room) };
+            let read = Pin::new(&mut self.io).poll_read(cx, free);
+            if let Poll::Ready(Ok(n)) = read {
+                // SAFETY: the `n.min(room)` bytes after the end are initialized (see above)
+                // and now hold what was read.
+                unsafe { self.rbuf.set_len(self.rbuf.len() + n.min(room)) };
+            }
+            read
         })
         .await?;
         if n == 0 {
             return Err(SocketError::Eof);
         }
         Ok(())
+    }
+
+    /// Makes free space in the read buffer for the next read: at least [`READ_SIZE`], or
+    /// the rest of a message whose header is in and that is bigger. In place when the
+    /// messages split off earlier are gone (the steady state: no allocation); otherwise a
+    /// fresh block, unless a quarter read still fits and the message in progress does too.
+    fn make_room(&mut self) {
+        let len = self.rbuf.len();
+        let spare = self.rbuf.capacity() - len;
+        if spare >= READ_SIZE {
+            return;
+        }
+        let message = match parse_header(&self.rbuf, MAX_MESSAGE_SIZE) {
+            Ok(Some(h)) => h.header_len + h.payload_len,
+            _ => 0, // Not in yet, or an error `next_buffered` reports.
+        };
+        let rest = message.saturating_sub(len);
+        let need = READ_SIZE.max(rest);
+        if self.rbuf.try_reclaim(need) || (spare >= READ_SIZE / 4 && spare >= rest) {
+            return;
+        }
+        self.rbuf = read_block(&self.rbuf, need);
     }
 
     fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
@@ -401,6 +427,53 @@ mod tests {
                 None,
             );
             assert_eq!(s.get_ref().output, expected);
+        }
+    }
+
+    /// Messages kept while later ones are read (so the buffer cannot be reused in place and
+    /// fresh blocks are taken), of every size up to the largest allowed, in reads of many
+    /// sizes: each comes out intact, and the read buffer never holds more than one message
+    /// plus one read.
+    #[test]
+    fn held_messages_stay_intact_and_the_read_buffer_stays_bounded() {
+        let sizes = [
+            1,
+            125,
+            126,
+            4000,
+            READ_SIZE - 10,
+            READ_SIZE + 10,
+            40_000,
+            MAX_MESSAGE_SIZE,
+        ];
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        for (i, &n) in sizes.iter().chain(&sizes).enumerate() {
+            let payload: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+            frame(
+                &mut input,
+                true,
+                Opcode::Binary,
+                &payload,
+                Some([9, 8, 7, i as u8]),
+            );
+            expected.push(payload);
+        }
+        for chunk in [7, 1000, READ_SIZE / 3, READ_SIZE, 100_000] {
+            let mut s = socket(Role::Server, input.clone(), chunk, &[]);
+            let mut held = Vec::new();
+            futures_lite::future::block_on(async {
+                while held.len() < expected.len() {
+                    match s.next().await.unwrap() {
+                        Incoming::Binary(b) => held.push(b),
+                        Incoming::Close => panic!("no close was sent"),
+                    }
+                    assert!(s.rbuf.capacity() <= MAX_MESSAGE_SIZE + 14 + READ_SIZE);
+                }
+            });
+            for (got, want) in held.iter().zip(&expected) {
+                assert!(got[..] == want[..], "chunk {chunk}, {} bytes", want.len());
+            }
         }
     }
 
