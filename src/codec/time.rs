@@ -9,10 +9,13 @@
 //!
 //! No format-string parsing and no allocation: digits are read by position.
 //!
-//! The expiries a connector reads and writes fall within a few minutes of each other, so each
-//! thread remembers the last minute it converted ([`MINUTE`]): a timestamp in that minute is
-//! read or written as its first 12 digits (compared or copied) and the 5 digits `ssfff`,
-//! without the calendar arithmetic.
+//! The expiries a connector reads fall within a minute or two of each other, and so do those
+//! it writes, so each thread remembers the last minute it read ([`READ_MINUTE`]) and the last
+//! it wrote ([`WRITTEN_MINUTE`]): a timestamp in that minute is read or written as its first
+//! 12 digits (compared or copied) and the 5 digits `ssfff`, without the calendar arithmetic.
+//! Two entries, not one: a Prepare's expiry and the one we forward it with (seconds earlier,
+//! or capped at the send timeout) are often in different minutes, and one shared entry then
+//! missed on every packet.
 
 use core::fmt;
 use std::cell::Cell;
@@ -37,9 +40,18 @@ pub struct CivilTime {
 }
 
 thread_local! {
-    /// The last minute converted on this thread: its first millisecond since the epoch and
-    /// its digits `YYYYMMDDHHmm` (starts as the epoch's minute, a valid entry).
-    static MINUTE: Cell<(i64, [u8; 12])> = const { Cell::new((0, *b"197001010000")) };
+    /// The last minute parsed on this thread: its first millisecond since the epoch and its
+    /// digits `YYYYMMDDHHmm` (starts as the epoch's minute, a valid entry).
+    static READ_MINUTE: Cell<(i64, [u8; 12])> = const { Cell::new((0, *b"197001010000")) };
+    /// The same for the last minute written.
+    static WRITTEN_MINUTE: Cell<(i64, [u8; 12])> = const { Cell::new((0, *b"197001010000")) };
+}
+
+/// The minute a timestamp `t` falls in, as a cache entry: its first millisecond and digits.
+fn minute_entry(t: Timestamp, digits: &[u8; ILP_TIMESTAMP_LEN]) -> (i64, [u8; 12]) {
+    let mut m = [0u8; 12];
+    m.copy_from_slice(&digits[..12]);
+    (t.0 - t.0.rem_euclid(60_000), m)
 }
 
 /// Milliseconds since the epoch for 0000-01-01 and 9999-12-31T23:59:59.999, the range the
@@ -222,7 +234,7 @@ impl Timestamp {
     /// fields are assembled from them.
     pub fn parse_ilp(b: &[u8]) -> Option<Timestamp> {
         let b: &[u8; ILP_TIMESTAMP_LEN] = b.try_into().ok()?;
-        let (start, minute) = MINUTE.get();
+        let (start, minute) = READ_MINUTE.get();
         if b[..12] == minute {
             // `ssfff` read as one number is the millisecond of the minute; below 60 000 iff
             // the second is at most 59.
@@ -230,10 +242,7 @@ impl Timestamp {
             return (ms < 60_000).then(|| Timestamp(start + i64::from(ms)));
         }
         let t = Self::parse_ilp_uncached(b)?;
-        let of_minute = i64::from(digits(b, 12, 5)?);
-        let mut m = [0u8; 12];
-        m.copy_from_slice(&b[..12]);
-        MINUTE.set((t.0 - of_minute, m));
+        READ_MINUTE.set(minute_entry(t, b));
         Some(t)
     }
 
@@ -266,7 +275,7 @@ impl Timestamp {
 
     /// Writes the 17-digit ILP form (always exactly 17 bytes).
     pub fn write_ilp(self, out: &mut [u8; ILP_TIMESTAMP_LEN]) {
-        let (start, minute) = MINUTE.get();
+        let (start, minute) = WRITTEN_MINUTE.get();
         // Both within the 17-digit range: the difference cannot overflow.
         let of_minute = self.0 - start;
         if (0..60_000).contains(&of_minute) {
@@ -275,9 +284,7 @@ impl Timestamp {
             return;
         }
         self.write_ilp_uncached(out);
-        let mut m = [0u8; 12];
-        m.copy_from_slice(&out[..12]);
-        MINUTE.set((self.0 - self.0.rem_euclid(60_000), m));
+        WRITTEN_MINUTE.set(minute_entry(self, out));
     }
 
     /// [`write_ilp`](Self::write_ilp) with the calendar arithmetic, always.
@@ -438,6 +445,22 @@ mod tests {
         assert_eq!(Timestamp::parse_ilp(b"20261128101560000"), None);
         assert_eq!(Timestamp::parse_ilp(b"2026112810150012x"), None);
         assert_eq!(Timestamp::parse_ilp(b"20261128101599999"), None);
+        // Reading one minute while writing another (each cache keeps its own minute).
+        let read = Timestamp::parse_ilp(b"20261128101500123").unwrap();
+        for i in 0..200i64 {
+            let mut out = [0u8; ILP_TIMESTAMP_LEN];
+            let w = Timestamp::from_unix_millis(read.0 - 20_000 + i * 7);
+            w.write_ilp(&mut out);
+            let mut plain = [0u8; ILP_TIMESTAMP_LEN];
+            w.write_ilp_uncached(&mut plain);
+            assert_eq!(out, plain);
+            let mut incoming = *b"20261128101500000";
+            write_digits(&mut incoming[12..], (i * 97 % 60_000) as u32);
+            assert_eq!(
+                Timestamp::parse_ilp(&incoming).map(|t| t.0),
+                Some(read.0 - 123 + i * 97 % 60_000)
+            );
+        }
     }
 
     #[test]
