@@ -214,14 +214,13 @@ impl ShardAccounts {
     }
 
     /// Checks and reserves a Prepare of `amount` from the source whose terms are `src` to
-    /// `next_hop`.
+    /// the next hop whose terms are `dst`.
     pub fn reserve(
         self: &Rc<Self>,
         src: Terms,
-        next_hop: &str,
+        dst: Terms,
         amount: u64,
     ) -> Result<Reserved, Refusal> {
-        let dst = self.terms(next_hop);
         if let Some(max) = src.max_packet {
             if amount > max {
                 return Err(amount_too_large(amount, max));

@@ -22,7 +22,7 @@
 //! (the link guarantees its sink is called once per relayed request: answer, deadline or
 //! link failure).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ pub(super) struct Source {
     load: Cell<usize>,
     /// Its accounting terms, looked up once per peer-set change rather than per packet.
     terms: TermsCache,
+    /// The next hop of its latest Prepare and that hop's terms: a source's packets mostly
+    /// take one route, whose next-hop id is one shared string (compared by address).
+    last_hop: RefCell<Option<(Arc<str>, TermsCache)>>,
 }
 
 /// A Prepare from a peer while it is being answered.
@@ -407,9 +410,17 @@ impl Shard {
         }
         // Amount checks, conversion and both balance reservations, before anything goes out;
         // released when `reserved` is dropped on any path unless committed.
+        let hop_terms = {
+            let mut last = incoming.source.last_hop.borrow_mut();
+            let (_, cache) = match &mut *last {
+                Some(l) if Arc::ptr_eq(&l.0, &next_hop) => l,
+                other => other.insert((next_hop.clone(), TermsCache::default())),
+            };
+            self.accounts.terms_cached(&next_hop, cache)
+        };
         let reserved = self
             .accounts
-            .reserve(terms, &next_hop, prepare.amount())
+            .reserve(terms, hop_terms, prepare.amount())
             .map_err(|r| self.refuse(r))?;
         // An ILP-over-HTTP peer, else a link on this shard, else the shard that has one,
         // else T01 now.
