@@ -6,7 +6,7 @@
 //! [`condition_for`]`(data)` = `sha256(sha256(data))`. Hooks in the destination test error
 //! paths ([`hooks`]): a segment `reject-XXX` is answered with a Reject of code XXX, and
 //! `delay-MS` delays the answer by MS milliseconds (at most a minute). `ilp-connector receive`
-//! answers the same way.
+//! answers the same way. [`admin_text`] and [`metric`] read a node's admin port.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,29 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::node::connector::ConnectorNode;
+
+/// The body of `GET path` on a node's admin port (bounded: 5 s). Panics if the node has no
+/// admin port or the request fails: for tests.
+pub fn admin_text(node: &ConnectorNode, path: &str) -> String {
+    let port = node.admin_port().expect("the node has an admin port");
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let response = ureq::get(&url)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .into_string()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// A counter or gauge from a node's `/metrics` by its full series name (labels included),
+/// 0 while it is not there.
+pub fn metric(node: &ConnectorNode, series: &str) -> u64 {
+    admin_text(node, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
 
 /// `sha256(sha256(data))`: the condition a [`Fulfiller`] can fulfil.
 pub fn condition_for(data: &[u8]) -> [u8; 32] {

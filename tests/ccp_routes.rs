@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{outcome, run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{admin_text, metric, outcome, run_local, Fulfiller, Mode, SenderLink};
 
 fn start(yaml: &str) -> ConnectorNode {
     let node = ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap();
@@ -71,17 +71,7 @@ fn three_nodes_without_static_routes() {
     });
     assert_eq!(send(a.btp_port(), "test.c.receiver.x"), "fulfilled");
     // /routes says where each route came from.
-    let routes: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!(
-            "http://127.0.0.1:{}/routes",
-            a.admin_port().unwrap()
-        ))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap(),
-    )
-    .unwrap();
+    let routes: serde_json::Value = serde_json::from_str(&admin_text(&a, "/routes")).unwrap();
     let learned = routes
         .as_array()
         .unwrap()
@@ -89,24 +79,10 @@ fn three_nodes_without_static_routes() {
         .find(|r| r["prefix"] == "test.c.receiver")
         .unwrap_or_else(|| panic!("{routes}"));
     assert_eq!(learned["origin"], "learned", "{routes}");
-    let metrics = ureq::get(&format!(
-        "http://127.0.0.1:{}/metrics",
-        a.admin_port().unwrap()
-    ))
-    .call()
-    .unwrap()
-    .into_string()
-    .unwrap();
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
+    let counter = |name: &str| metric(&a, name);
     assert!(counter("ilp_ccp_updates_received_total ") >= 1);
     assert!(counter("ilp_ccp_controls_sent_total ") >= 1);
-    assert!(counter("ilp_routes_learned ") >= 3, "{metrics}");
+    assert!(counter("ilp_routes_learned ") >= 3);
     assert_eq!(
         learned["path"],
         serde_json::json!(["test.b", "test.c"]),

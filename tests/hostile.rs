@@ -20,7 +20,7 @@ use ilp_connector::codec::btp::{self, BtpType};
 use ilp_connector::codec::{FulfillFields, Packet, Prepare, PrepareFields, Timestamp};
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::{ConnectorNode, StartError};
-use ilp_connector::testkit::{condition_for, run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{condition_for, metric, run_local, Fulfiller, Mode, SenderLink};
 
 use sha2::{Digest, Sha256};
 
@@ -44,20 +44,6 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < until, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A counter or gauge from the node's `/metrics`, by its full series name.
-fn metric(node: &ConnectorNode, series: &str) -> u64 {
-    let url = format!("http://127.0.0.1:{}/metrics", node.admin_port().unwrap());
-    let text = ureq::get(&url)
-        .timeout(Duration::from_secs(5))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn code(r: &Result<Packet, LinkError>) -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
-use ilp_connector::testkit::{outcome, run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{metric, outcome, run_local, Fulfiller, Mode, SenderLink};
 
 fn start(yaml: &str) -> ConnectorNode {
     let node = ilp_connector::admin::start_node(Config::from_yaml(yaml).unwrap()).unwrap();
@@ -172,16 +172,9 @@ fn our_nodes_over_h2c() {
         n
     });
     assert_eq!(fulfilled, 320);
-    let metrics = ureq::get(&format!(
-        "http://127.0.0.1:{}/metrics",
-        a.admin_port().unwrap()
-    ))
-    .call()
-    .unwrap()
-    .into_string()
-    .unwrap();
-    assert!(
-        metrics.contains("ilp_http_connections_opened_total 1\n"),
-        "one HTTP/2 connection for 64 at a time: {metrics}"
+    assert_eq!(
+        metric(&a, "ilp_http_connections_opened_total "),
+        1,
+        "one HTTP/2 connection for 64 at a time"
     );
 }

@@ -9,7 +9,7 @@ use ilp_connector::codec::Packet;
 use ilp_connector::config::Config;
 use ilp_connector::node::connector::ConnectorNode;
 use ilp_connector::node::identity;
-use ilp_connector::testkit::{run_local, Fulfiller, Mode, SenderLink};
+use ilp_connector::testkit::{metric, run_local, Fulfiller, Mode, SenderLink};
 
 #[path = "support/reference.rs"]
 mod reference;
@@ -25,19 +25,6 @@ fn wait_for(what: &str, bound: Duration, mut f: impl FnMut() -> bool) -> Duratio
         std::thread::sleep(Duration::from_millis(10));
     }
     t.elapsed()
-}
-
-fn metric(node: &ConnectorNode, series: &str) -> u64 {
-    let url = format!("http://127.0.0.1:{}/metrics", node.admin_port().unwrap());
-    let text = ureq::get(&url)
-        .timeout(Duration::from_secs(5))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// `(code, triggeredBy)` of an answer, or `("fulfilled", "")`.
