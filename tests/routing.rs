@@ -102,8 +102,28 @@ fn add_replaces_and_invalid_prefixes_are_refused() {
 }
 
 fn segment() -> impl Strategy<Value = String> {
-    // A tiny alphabet so random addresses share prefixes and hit segment-boundary cases.
-    prop::sample::select(vec!["a", "b", "ab", "a-", "ba", "c"]).prop_map(str::to_owned)
+    // A tiny alphabet so random addresses share prefixes and hit segment-boundary cases;
+    // the trie keys segments of up to 12 bytes as padded words and longer ones as bytes, so
+    // lengths around 8 and 12 differ only in their last byte.
+    prop::sample::select(vec![
+        "a",
+        "b",
+        "ab",
+        "a-",
+        "ba",
+        "c",
+        "abcdefg",
+        "abcdefgh",
+        "abcdefgx",
+        "abcdefghi",
+        "abcdefghijk",
+        "abcdefghijkl",
+        "abcdefghijkx",
+        "abcdefghijklm",
+        "abcdefghijklx",
+        "abcdefghijklmnopqrst",
+    ])
+    .prop_map(str::to_owned)
 }
 
 fn prefix() -> impl Strategy<Value = String> {

@@ -9,6 +9,10 @@
 //! `hashbrown::HashTable` keyed by `(parent node, segment bytes)`; segment bytes live in one
 //! shared arena; each node is a `u32` route index (or none). No per-node maps, no per-edge
 //! allocation. A built trie is never mutated: [`super::table`] publishes new versions.
+//!
+//! A lookup scans the destination once: each segment of up to 12 bytes (nearly all of them)
+//! becomes two zero-padded words as it is found ([`Key`]), which are hashed and compared as
+//! such; no per-segment slice hashing or `memcmp`.
 
 use core::hash::BuildHasher;
 
@@ -49,6 +53,91 @@ impl Edge {
     }
 }
 
+/// A segment of at most [`INLINE`] bytes as the edge table keys it: its bytes zero-padded
+/// to 12, read as little-endian words, and its length.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    lo: u64,
+    hi: u32,
+    len: u32,
+}
+
+impl Key {
+    /// `seg` as a key, if it is short enough to be one.
+    #[inline]
+    fn of(seg: &[u8]) -> Option<Key> {
+        Key::at(seg, seg.len())
+    }
+
+    /// The first `len` bytes of `bytes` (`len <= bytes.len()`) as a key, if `len` is short
+    /// enough: with 12 bytes to read, two fixed-size loads and a mask; else byte by byte.
+    #[inline]
+    fn at(bytes: &[u8], len: usize) -> Option<Key> {
+        if len > INLINE {
+            return None;
+        }
+        let (lo, hi) = match bytes.first_chunk::<INLINE>() {
+            Some(twelve) => {
+                let (lo, hi) = words(twelve);
+                let lo_mask = if len >= 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (8 * len)) - 1
+                };
+                let hi_mask = match len {
+                    ..=8 => 0,
+                    12.. => u32::MAX,
+                    n => (1u32 << (8 * (n - 8))) - 1,
+                };
+                (lo & lo_mask, hi & hi_mask)
+            }
+            None => {
+                let mut pad = [0u8; INLINE];
+                for (p, &b) in pad.iter_mut().zip(&bytes[..len]) {
+                    *p = b;
+                }
+                words(&pad)
+            }
+        };
+        Some(Key {
+            lo,
+            hi,
+            len: len as u32,
+        })
+    }
+
+    /// The padded words of an inline edge's segment.
+    #[inline]
+    fn inline(e: &Edge) -> (u64, u32) {
+        words(&e.seg)
+    }
+}
+
+/// How the edge table hashes segment `seg` under node `parent`, when building and looking
+/// up alike: a short segment as its [`Key`]'s words, so a lookup can build them while it
+/// scans the destination, without a variable-length copy or hash; a longer one as bytes.
+#[inline]
+fn hash_edge(hasher: &RandomState, parent: u32, seg: &[u8]) -> u64 {
+    match Key::of(seg) {
+        Some(k) => hash_key(hasher, parent, k),
+        None => hasher.hash_one((parent, seg)),
+    }
+}
+
+#[inline]
+fn hash_key(hasher: &RandomState, parent: u32, k: Key) -> u64 {
+    hasher.hash_one((k.lo, u64::from(k.hi) | u64::from(k.len) << 32, parent))
+}
+
+#[inline]
+fn words(pad: &[u8; INLINE]) -> (u64, u32) {
+    let (lo, hi) = pad.split_at(8);
+    (
+        u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+        u32::from_le_bytes(hi.try_into().unwrap_or_default()),
+    )
+}
+
 /// A built routing trie. Cheap to share behind an `Arc`; never changes after [`Trie::build`].
 pub struct Trie {
     edges: HashTable<Edge>,
@@ -86,16 +175,31 @@ impl Trie {
         t
     }
 
+    /// The edge table's hash of segment `seg` under node `parent` (see [`hash_edge`]).
     #[inline]
     fn hash(&self, parent: u32, seg: &[u8]) -> u64 {
-        self.hasher.hash_one((parent, seg))
+        hash_edge(&self.hasher, parent, seg)
     }
 
     #[inline]
     fn edge(&self, parent: u32, seg: &[u8]) -> Option<&Edge> {
-        let h = self.hash(parent, seg);
-        self.edges
-            .find(h, |e| e.parent == parent && e.segment(&self.arena) == seg)
+        match Key::of(seg) {
+            Some(k) => self.edge_by_key(parent, k),
+            None => {
+                let h = self.hash(parent, seg);
+                self.edges
+                    .find(h, |e| e.parent == parent && e.segment(&self.arena) == seg)
+            }
+        }
+    }
+
+    /// [`edge`](Self::edge) for a short segment: compared as two words, no `memcmp`.
+    #[inline]
+    fn edge_by_key(&self, parent: u32, k: Key) -> Option<&Edge> {
+        let h = hash_key(&self.hasher, parent, k);
+        self.edges.find(h, |e| {
+            e.parent == parent && e.len == k.len && Key::inline(e) == (k.lo, k.hi)
+        })
     }
 
     fn insert(&mut self, route: Route) {
@@ -153,7 +257,7 @@ impl Trie {
         let h = self.hash(parent, seg);
         let (arena, hasher) = (&self.arena, &self.hasher);
         self.edges
-            .insert_unique(h, edge, |e| hasher.hash_one((e.parent, e.segment(arena))));
+            .insert_unique(h, edge, |e| hash_edge(hasher, e.parent, e.segment(arena)));
         child
     }
 
@@ -162,16 +266,22 @@ impl Trie {
     pub fn lookup(&self, destination: &[u8]) -> Option<&Route> {
         let mut node = ROOT;
         let mut best = NO_ROUTE;
-        for seg in destination.split(|&b| b == b'.') {
-            match self.edge(node, seg) {
-                Some(e) => {
-                    node = e.child;
-                    if e.route != NO_ROUTE {
-                        best = e.route;
-                    }
-                }
-                None => break,
+        let mut rest = destination;
+        loop {
+            let len = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
+            let edge = match Key::at(rest, len) {
+                Some(k) => self.edge_by_key(node, k),
+                None => self.edge(node, &rest[..len]),
+            };
+            let Some(e) = edge else { break };
+            node = e.child;
+            if e.route != NO_ROUTE {
+                best = e.route;
             }
+            if len == rest.len() {
+                break;
+            }
+            rest = &rest[len + 1..];
         }
         if best == NO_ROUTE {
             self.default_route.as_ref()
