@@ -55,7 +55,8 @@ pub enum SocketError {
     Eof,
 }
 
-/// Most bytes taken from the socket in one read.
+/// Free space made in the read buffer before a read (see [`Socket::make_room`]); a read
+/// takes all the free space there is, which is more while a long message is coming in.
 const READ_SIZE: usize = 16 * 1024;
 
 /// A write buffer grown past this (a burst of big frames) is given back after its flush.
