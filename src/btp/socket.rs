@@ -242,8 +242,9 @@ where
     fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
         let mask = match self.role {
             // The key must be unpredictable (RFC 6455 §10.3): a sender chooses the data
-            // bytes we forward.
-            Role::Client => Some(rand::random::<[u8; 4]>()),
+            // bytes we forward. One word from the thread's CSPRNG (`random::<[u8; 4]>()`
+            // would draw a word per byte).
+            Role::Client => Some(rand::Rng::next_u32(&mut rand::rng()).to_ne_bytes()),
             Role::Server => None,
         };
         encode_frame(&mut self.wbuf, opcode, payload, mask);
@@ -603,5 +604,18 @@ mod tests {
             assert_eq!(out[1] & 0x80 != 0, role == Role::Client);
             assert_eq!(drain(&mut socket(other, out, 3, &[])), ["hello", "close"]);
         }
+    }
+
+    #[test]
+    fn each_client_frame_has_its_own_masking_key() {
+        let mut s = socket(Role::Client, Vec::new(), 1, &[]);
+        for _ in 0..8 {
+            s.send_binary(b"abcd");
+        }
+        // Eight frames of 2 header + 4 key + 4 payload bytes.
+        let out = &s.wbuf;
+        let keys: std::collections::HashSet<&[u8]> =
+            (0..8).map(|i| &out[i * 10 + 2..i * 10 + 6]).collect();
+        assert!(keys.len() > 1, "one key for every frame: {keys:?}");
     }
 }
