@@ -120,8 +120,14 @@ impl Key {
 fn hash_edge(hasher: &RandomState, parent: u32, seg: &[u8]) -> u64 {
     match Key::of(seg) {
         Some(k) => hash_key(hasher, parent, k),
-        None => hasher.hash_one((parent, seg)),
+        None => hash_long(hasher, parent, seg),
     }
+}
+
+/// [`hash_edge`] of a segment too long for a [`Key`].
+#[inline]
+fn hash_long(hasher: &RandomState, parent: u32, seg: &[u8]) -> u64 {
+    hasher.hash_one((parent, seg))
 }
 
 #[inline]
@@ -185,12 +191,16 @@ impl Trie {
     fn edge(&self, parent: u32, seg: &[u8]) -> Option<&Edge> {
         match Key::of(seg) {
             Some(k) => self.edge_by_key(parent, k),
-            None => {
-                let h = self.hash(parent, seg);
-                self.edges
-                    .find(h, |e| e.parent == parent && e.segment(&self.arena) == seg)
-            }
+            None => self.edge_long(parent, seg),
         }
+    }
+
+    /// [`edge`](Self::edge) for a segment too long for a [`Key`]: hashed and compared as bytes.
+    #[inline]
+    fn edge_long(&self, parent: u32, seg: &[u8]) -> Option<&Edge> {
+        let h = hash_long(&self.hasher, parent, seg);
+        self.edges
+            .find(h, |e| e.parent == parent && e.segment(&self.arena) == seg)
     }
 
     /// [`edge`](Self::edge) for a short segment: compared as two words, no `memcmp`.
@@ -271,7 +281,7 @@ impl Trie {
             let len = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
             let edge = match Key::at(rest, len) {
                 Some(k) => self.edge_by_key(node, k),
-                None => self.edge(node, &rest[..len]),
+                None => self.edge_long(node, &rest[..len]),
             };
             let Some(e) = edge else { break };
             node = e.child;
